@@ -1,0 +1,27 @@
+# Every target sets itself up: a fresh clone needs nothing but python3 (>= 3.10).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)   ## explain the image shipped in assets/ and write outputs/demo.png
+	$(VENV)/bin/caap explain assets/demo.jpg --demo-model --out outputs/demo.png
+
+test: $(STAMP)   ## the whole test suite
+	$(PY) -m pytest tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_forward.py
+	$(PY) benchmarks/bench_patching.py
+	$(PY) benchmarks/bench_caap.py
+
+clean:
+	rm -rf $(VENV) outputs

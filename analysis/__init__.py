@@ -1,0 +1,1 @@
+"""analysis: metrics and experiments on attribution maps."""

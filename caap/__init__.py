@@ -1,0 +1,1 @@
+"""CAAP: Causal Attribution via Activation Patching."""

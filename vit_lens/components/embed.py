@@ -1,0 +1,28 @@
+"""Patch embedding and learned absolute position embedding."""
+import torch
+from einops import rearrange
+from jaxtyping import Float
+from torch import Tensor, nn
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches -> tokens ``[batch, n_patches, d_model]`` in row-major order."""
+
+    def __init__(self, in_chans: int, d_model: int, patch_size: tuple[int, int]):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, d_model, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: Float[Tensor, "batch chan height width"]) -> Float[Tensor, "batch n_patches d_model"]:
+        return rearrange(self.proj(images), "b d gh gw -> b (gh gw) d")
+
+
+class PosEmbed(nn.Module):
+    """Learned position embedding; ``W_pos`` covers the prefix tokens only if ``on_prefix``."""
+
+    def __init__(self, n_positions: int, d_model: int, on_prefix: bool):
+        super().__init__()
+        self.on_prefix = on_prefix
+        self.W_pos = nn.Parameter(torch.zeros(n_positions, d_model))
+
+    def forward(self) -> Float[Tensor, "pos d_model"]:
+        return self.W_pos

@@ -1,0 +1,70 @@
+"""The single configuration dataclass of a HookedViT."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Pooling = Literal["token", "avg"]
+Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
+
+
+@dataclass
+class ViTConfig:
+    """Architecture and preprocessing of one Vision Transformer checkpoint.
+
+    Token layout of the residual stream: positions ``[0, n_prefix_tokens)`` are CLS (if any) then
+    registers; the ``grid_size[0] * grid_size[1]`` patch tokens follow in row-major order.
+    """
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    d_mlp: int
+    patch_size: tuple[int, int]
+    image_size: tuple[int, int]
+    grid_size: tuple[int, int]
+    has_cls_token: bool = True
+    n_register_tokens: int = 0
+    pos_embed_on_prefix: bool = True  # False for timm's ``no_embed_class`` (DeiT3, DINOv2-reg)
+    pooling: Pooling = "token"
+    num_classes: int = 0
+    act_fn: Activation = "gelu"
+    eps: float = 1e-6
+    pre_norm: bool = False  # CLIP's ``norm_pre`` before the first block
+    layer_scale: bool = False
+    qkv_bias: bool = True
+    final_norm: bool = True  # ``norm`` after the blocks (False when timm moves it to ``fc_norm``)
+    fc_norm: bool = False  # LayerNorm on the pooled features (timm ``fc_norm``)
+    in_chans: int = 3
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+    crop_mode: str = "center"
+    model_name: str = ""
+    class_names: list[str] | None = field(default=None, repr=False)
+
+    @property
+    def n_prefix_tokens(self) -> int:
+        return int(self.has_cls_token) + self.n_register_tokens
+
+    @property
+    def n_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_prefix_tokens + self.n_patches
+
+    @property
+    def data_config(self) -> dict:
+        """timm's ``data_config`` dict, as accepted by ``timm.data.create_transform``."""
+        return {
+            "input_size": (self.in_chans, *self.image_size),
+            "interpolation": self.interpolation,
+            "mean": tuple(self.mean),
+            "std": tuple(self.std),
+            "crop_pct": self.crop_pct,
+            "crop_mode": self.crop_mode,
+        }

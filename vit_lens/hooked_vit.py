@@ -1,0 +1,175 @@
+"""HookedViT: a timm Vision Transformer rebuilt with TransformerLens hook points."""
+from __future__ import annotations
+
+from functools import cached_property
+from os import PathLike
+from typing import Any, Callable
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from vit_lens.components import LayerNorm, PatchEmbed, PosEmbed, TransformerBlock
+from vit_lens.config import ViTConfig
+from vit_lens.tokens import TokenLayout
+
+
+class HookedViT(HookedRootModule):
+    """A hookable, logit-exact port of timm's ``VisionTransformer``.
+
+    Hook names follow TransformerLens (``blocks.{l}.hook_resid_pre``, ``blocks.{l}.attn.hook_pattern``,
+    ...), plus ``hook_embed`` (patch embeddings ``[batch, n_patches, d_model]``), ``hook_pos_embed``,
+    ``ln_pre.*`` (CLIP), ``ln_final.*``, ``fc_norm.*`` and ``hook_pre_logits`` (the pooled features fed
+    to the head, ``[batch, d_model]``). Build it with :meth:`from_timm` or :meth:`from_checkpoint`.
+    """
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.patch_embed = PatchEmbed(cfg.in_chans, d, cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.has_cls_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, cfg.n_register_tokens, d)) if cfg.n_register_tokens else None
+        n_pos = cfg.n_tokens if cfg.pos_embed_on_prefix else cfg.n_patches
+        self.pos_embed = PosEmbed(n_pos, d, cfg.pos_embed_on_prefix)
+        self.ln_pre = LayerNorm(d, cfg.eps) if cfg.pre_norm else None
+        self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        self.ln_final = LayerNorm(d, cfg.eps) if cfg.final_norm else None
+        self.fc_norm = LayerNorm(d, cfg.eps) if cfg.fc_norm else None
+        self.head = nn.Linear(d, cfg.num_classes) if cfg.num_classes > 0 else None
+        self.hook_embed = HookPoint()
+        self.hook_pos_embed = HookPoint()
+        self.hook_pre_logits = HookPoint()
+        self.layout = TokenLayout(cfg)
+        self.setup()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_timm(
+        cls,
+        model_or_name: nn.Module | str,
+        *,
+        pretrained: bool = True,
+        checkpoint_path: str | PathLike | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **timm_kwargs: Any,
+    ) -> "HookedViT":
+        """Port a timm ViT: an instantiated model, a timm name (timm downloads the weights), or a name
+        plus a local ``checkpoint_path`` (``.safetensors``, or ``.pth``/``.bin`` read with
+        ``weights_only=True``)."""
+        from vit_lens.loading import hooked_vit_from_timm
+
+        return hooked_vit_from_timm(
+            cls, model_or_name, pretrained=pretrained, checkpoint_path=checkpoint_path,
+            device=device, dtype=dtype, **timm_kwargs,
+        )
+
+    @classmethod
+    def from_checkpoint(cls, path: str | PathLike, model_name: str | None = None, **kwargs: Any) -> "HookedViT":
+        """Load a local timm checkpoint; a JSON sidecar beside it (``NAME.json`` with ``timm_model_name``,
+        ``create_model_kwargs``, ``data_config``, ``class_names``) supplies what is not given."""
+        from vit_lens.loading import hooked_vit_from_checkpoint
+
+        return hooked_vit_from_checkpoint(cls, path, model_name=model_name, **kwargs)
+
+    # ------------------------------------------------------------------ preprocessing
+    @cached_property
+    def transform(self) -> Callable:
+        """timm's eval transform for this checkpoint: PIL image -> ``[chan, height, width]`` tensor."""
+        from timm.data import create_transform
+
+        return create_transform(**self.cfg.data_config, is_training=False)
+
+    def check_images(self, images: Any, name: str = "images") -> None:
+        """Raise a clear error unless ``images`` is a float ``[batch, chan, height, width]`` tensor of the
+        model's channel count and image size."""
+        cfg = self.cfg
+        if not isinstance(images, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape [batch, {cfg.in_chans}, "
+                            f"{cfg.image_size[0]}, {cfg.image_size[1]}]; got {type(images).__name__}")
+        if images.ndim != 4:
+            raise ValueError(f"{name} must have rank 4 [batch, chan, height, width]; got shape "
+                             f"{tuple(images.shape)}. Add a batch dimension with images[None].")
+        if not images.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor (normalized pixels); got dtype "
+                            f"{images.dtype}. Use model.transform or convert with .float().")
+        if images.shape[1] != cfg.in_chans:
+            raise ValueError(f"{name} must have {cfg.in_chans} channels; got {images.shape[1]} "
+                             f"(shape {tuple(images.shape)})")
+        if tuple(images.shape[2:]) != tuple(cfg.image_size):
+            raise ValueError(f"{name} must be {cfg.image_size[0]}x{cfg.image_size[1]} pixels (the "
+                             f"model's image_size); got {images.shape[2]}x{images.shape[3]}")
+
+    # ------------------------------------------------------------------ forward
+    def embed(self, images: Float[Tensor, "batch chan height width"]) -> Float[Tensor, "batch pos d_model"]:
+        """Patch embedding + prefix tokens + position embedding (+ CLIP ``ln_pre``): ``resid_pre`` of block 0."""
+        self.check_images(images)
+        batch = images.shape[0]
+        patches = self.hook_embed(self.patch_embed(images))
+        pos = self.hook_pos_embed(self.pos_embed().expand(batch, -1, -1))
+        prefix = [t.expand(batch, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        if self.pos_embed.on_prefix:
+            x = torch.cat(prefix + [patches], dim=1) + pos
+        else:
+            x = torch.cat(prefix + [patches + pos], dim=1)
+        return self.ln_pre(x) if self.ln_pre is not None else x
+
+    def forward_features(self, images: Float[Tensor, "batch chan height width"]) -> Float[Tensor, "batch pos d_model"]:
+        """All tokens after the last block and the final norm."""
+        x = self.embed(images)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_final(x) if self.ln_final is not None else x
+
+    def pool(self, tokens: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
+        if self.cfg.pooling == "token":
+            return tokens[:, 0]
+        return tokens[:, self.cfg.n_prefix_tokens:].mean(dim=1)
+
+    def forward_head(self, tokens: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch out"]:
+        """Pool, ``fc_norm``, ``hook_pre_logits``, classifier (if the model has one)."""
+        pooled = self.pool(tokens)
+        if self.fc_norm is not None:
+            pooled = self.fc_norm(pooled)
+        pooled = self.hook_pre_logits(pooled)
+        return self.head(pooled) if self.head is not None else pooled
+
+    def forward(self, images: Float[Tensor, "batch chan height width"]) -> Float[Tensor, "batch out"]:
+        """Logits ``[batch, num_classes]`` (pooled features ``[batch, d_model]`` for a headless model)."""
+        return self.forward_head(self.forward_features(images))
+
+    # ------------------------------------------------------------------ hooks
+    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:
+        if isinstance(name, str) and name not in self.mod_dict:
+            self._raise_unknown_hook(name)
+        return super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+
+    def _raise_unknown_hook(self, name: str) -> None:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(self.hook_dict), n=3, cutoff=0.5)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ValueError(f"Unknown hook name {name!r}; this model has {len(self.hook_dict)} hook points "
+                         f"(see model.hook_dict), e.g. 'blocks.0.hook_resid_pre'.{hint}")
+
+    def run_with_cache(self, *model_args: Any, **kwargs: Any) -> tuple[Tensor, ActivationCache]:
+        """Run the model and return ``(output, ActivationCache)``; ``names_filter`` selects hook names."""
+        names_filter = kwargs.get("names_filter")
+        names = [names_filter] if isinstance(names_filter, str) else names_filter
+        if isinstance(names, (list, tuple)):
+            for name in names:
+                if name not in self.hook_dict:
+                    self._raise_unknown_hook(name)
+        out, cache_dict = super().run_with_cache(*model_args, **kwargs)
+        return out, ActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
+
+    def hook_names(self) -> list[str]:
+        return list(self.hook_dict)
+
+    def set_use_attn_explicit(self, explicit: bool = True) -> None:
+        """Force the explicit softmax attention path everywhere (the fast SDPA path is the default)."""
+        for block in self.blocks:
+            block.attn.force_explicit = explicit
