@@ -147,6 +147,21 @@ class HookedViT(HookedRootModule):
             self._raise_unknown_hook(name)
         return super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
+    def _check_hook_list(self, hook_list) -> None:
+        for name, _ in hook_list or ():
+            if isinstance(name, str) and name not in self.mod_dict:
+                self._raise_unknown_hook(name)
+
+    def run_with_hooks(self, *model_args: Any, fwd_hooks=(), bwd_hooks=(), **kwargs: Any):
+        self._check_hook_list(fwd_hooks)
+        self._check_hook_list(bwd_hooks)
+        return super().run_with_hooks(*model_args, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **kwargs)
+
+    def hooks(self, fwd_hooks=(), bwd_hooks=(), *args: Any, **kwargs: Any):
+        self._check_hook_list(fwd_hooks)
+        self._check_hook_list(bwd_hooks)
+        return super().hooks(list(fwd_hooks), list(bwd_hooks), *args, **kwargs)
+
     def _raise_unknown_hook(self, name: str) -> None:
         import difflib
 
