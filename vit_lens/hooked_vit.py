@@ -137,6 +137,14 @@ class HookedViT(HookedRootModule):
         pooled = self.hook_pre_logits(pooled)
         return self.head(pooled) if self.head is not None else pooled
 
+    def forward_from_resid(self, resid: Float[Tensor, "batch pos d_model"], start_layer: int = 0) -> Float[Tensor, "batch out"]:
+        """Resume the forward pass from ``blocks.{start_layer}.hook_resid_pre`` (all hooks fire)."""
+        if not 0 <= start_layer <= self.cfg.n_layers:
+            raise ValueError(f"start_layer must be in [0, {self.cfg.n_layers}]; got {start_layer}")
+        for block in self.blocks[start_layer:]:
+            resid = block(resid)
+        return self.forward_head(self.ln_final(resid) if self.ln_final is not None else resid)
+
     def forward(self, images: Float[Tensor, "batch chan height width"]) -> Float[Tensor, "batch out"]:
         """Logits ``[batch, num_classes]`` (pooled features ``[batch, d_model]`` for a headless model)."""
         return self.forward_head(self.forward_features(images))

@@ -1,0 +1,128 @@
+"""Parallel "frozen-context" engine: every intervention is an independent group of live tokens.
+
+With ``freeze_context`` only the prefix tokens (CLS, registers) are live before ``layer_end``, and the
+prefix plus ``S_k`` from ``layer_end`` on; every other token keeps the target run's value, so its keys
+and values are the cached target ones. A group's live tokens therefore attend to (a) their own keys
+and (b) the shared, cached keys/values of the frozen patch tokens (the multi-CLS construction of the
+CAAP paper, Sec. 3.3.1, generalized). How (b) is computed is pluggable: exactly
+(:class:`ExactFrozenAttention`) or from statistics precomputed on the target context
+(:class:`PrecomputedFrozenAttention`, E-CAAP, App. B.1).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from einops import rearrange
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from vit_lens.patching.context import ContextCache
+from vit_lens.patching.frozen_attention import ExactFrozenAttention, FrozenAttention
+from vit_lens.patching.interventions import Intervention, PackedPositions, group_by_layers, pack_positions
+from vit_lens.patching.readouts import Readout
+
+DEFAULT_MEMORY_BUDGET_GB = 1.0
+
+
+def check_parallel_supported(cfg, freeze_context: bool) -> None:
+    if not freeze_context:
+        raise ValueError("engine='parallel' requires freeze_context=True (without it every token is live "
+                         "and there is nothing to share); use engine='loop'")
+    if cfg.pooling != "token":
+        raise ValueError(f"engine='parallel' reads the CLS token only, but this model pools with "
+                         f"pooling={cfg.pooling!r}, which needs the final state of every token; use engine='loop'")
+
+
+def groups_per_chunk(cfg, n_images: int, max_set_size: int, memory_budget_gb: float) -> int:
+    """How many interventions fit in the memory budget: the frozen-key scores ``[head, query, n_patches]``
+    dominate, plus MLP activations of the live queries."""
+    n_query = cfg.n_prefix_tokens + max_set_size
+    per_group = 4 * n_images * n_query * (3 * cfg.n_heads * cfg.n_patches + 2 * cfg.d_mlp + 12 * cfg.d_model)
+    return max(1, int(memory_budget_gb * 2**30 // per_group))
+
+
+@torch.inference_mode()
+def run_parallel(
+    model,
+    source: ContextCache,
+    target: ContextCache,
+    interventions: Sequence[Intervention],
+    readout: Readout,
+    *,
+    frozen_attention: FrozenAttention | None = None,
+    chunk_size: int | None = None,
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+    progress: bool = False,
+) -> Float[Tensor, "batch K"]:
+    """Scores ``[batch, K]`` equal to :func:`run_loop` with ``freeze_context=True``, without K forwards."""
+    cfg = model.cfg
+    check_parallel_supported(cfg, freeze_context=True)
+    if target.batch not in (1, source.batch):
+        raise ValueError(f"target batch must be 1 or the source batch {source.batch}; got {target.batch}")
+    frozen_attention = frozen_attention or ExactFrozenAttention()
+    device = source.resid_pre.device
+    scores = torch.empty(source.batch, len(interventions), device=device, dtype=source.resid_pre.dtype)
+    jobs = []
+    for (start, end), index in group_by_layers(interventions).items():
+        packed = pack_positions([interventions[i] for i in index], device=device)
+        size = chunk_size or groups_per_chunk(cfg, source.batch, packed.positions.shape[1], memory_budget_gb)
+        jobs += [(start, end, index[lo:lo + size], packed.chunk(lo, lo + size)) for lo in range(0, len(index), size)]
+    for start, end, index, packed in tqdm(jobs, disable=not progress, desc="patching (parallel)"):
+        out = _run_groups(model, source, target, packed, start, end, frozen_attention)
+        scores[:, index] = readout(out)
+    return scores
+
+
+def _run_groups(model, source: ContextCache, target: ContextCache, packed: PackedPositions,
+                layer_start: int, layer_end: int, frozen_attention: FrozenAttention) -> Float[Tensor, "batch group n_out"]:
+    """Propagate the live tokens of a chunk of groups from ``layer_start`` to the output."""
+    cfg = model.cfg
+    n_pre = cfg.n_prefix_tokens
+    n_images, n_groups = source.batch, packed.positions.shape[0]
+    positions, valid = packed.positions, packed.valid  # [group, set]
+    # frozen patch keys: every patch outside S_k (padding repeats a real position, so it is masked too)
+    frozen_keys = torch.ones(n_groups, cfg.n_patches, dtype=torch.bool, device=positions.device)
+    frozen_keys.scatter_(1, positions - n_pre, False)
+    prefix_pos = torch.arange(n_pre, device=positions.device).expand(n_groups, -1)
+
+    state = target.resid_pre[layer_start][:, None, :n_pre].expand(n_images, n_groups, -1, -1)
+    for b in range(layer_start, cfg.n_layers):
+        block = model.blocks[b]
+        if b == layer_end:  # S_k tokens become live: their input at layer_end is the source run's
+            state = torch.cat([state, _gather(source.resid_pre[b], positions)], dim=2)
+        live_set = b >= layer_end
+        query_pos = torch.cat([prefix_pos, positions], 1) if live_set else prefix_pos  # [group, query]
+        q, k, v = (rearrange(t, "(i g) q h d -> i g q h d", i=n_images)
+                   for t in block.attn.compute_qkv(block.ln1(state.flatten(0, 1))))
+        own_valid = torch.cat([torch.ones_like(prefix_pos, dtype=torch.bool), valid], 1)
+        if not live_set:  # S_k keys/values come from the source run at this block
+            k = torch.cat([k, _gather(source.k[b], positions)], dim=2)
+            v = torch.cat([v, _gather(source.v[b], positions)], dim=2)
+        z = _attend(q, k, v, own_valid, frozen_attention.partial(target, b, q, query_pos, positions, valid,
+                                                                 frozen_keys, block.attn.scale), block.attn.scale)
+        resid_mid = state + block.ls1(block.attn.project(z.flatten(0, 1)).view_as(state))
+        state = resid_mid + block.mlp_branch(resid_mid)
+    final = state.flatten(0, 1)
+    final = model.ln_final(final) if model.ln_final is not None else final
+    return model.forward_head(final).view(n_images, n_groups, -1)
+
+
+def _gather(per_pos: Float[Tensor, "batch pos ..."], positions: Int[Tensor, "group set"]) -> Tensor:
+    """``per_pos[:, positions]`` -> ``[batch, group, set, ...]`` (batch 1 stays broadcastable)."""
+    return per_pos[:, positions]
+
+
+def _attend(q, k, v, own_valid: Bool[Tensor, "group key"], frozen, scale: float):
+    """Softmax attention over own keys plus the frozen part ``(max, denominator, numerator)``.
+
+    q ``[img, group, query, head, d_head]``; k/v ``[img, group, key, head, d_head]``; returns z like q."""
+    scores = torch.einsum("igqhd,igkhd->ighqk", q, k) * scale
+    scores = scores.masked_fill(~own_valid[None, :, None, None, :], float("-inf"))
+    f_max, f_denom, f_numer = frozen  # [img, group, head, query], same, [..., d_head]
+    m = torch.maximum(scores.amax(-1), f_max)
+    weights = torch.exp(scores - m[..., None])
+    denom = weights.sum(-1) + f_denom * torch.exp(f_max - m)
+    numer = torch.einsum("ighqk,igkhd->ighqd", weights, v) + f_numer * torch.exp(f_max - m)[..., None]
+    return rearrange(numer / denom[..., None], "i g h q d -> i g q h d")
