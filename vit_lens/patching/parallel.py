@@ -56,22 +56,24 @@ def run_parallel(
     memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
     progress: bool = False,
 ) -> Float[Tensor, "batch K"]:
-    """Scores ``[batch, K]`` equal to :func:`run_loop` with ``freeze_context=True``, without K forwards."""
+    """Scores ``[batch, K, ...]`` equal to :func:`run_loop` with ``freeze_context=True``, without K forwards."""
     cfg = model.cfg
     check_parallel_supported(cfg, freeze_context=True)
     if target.batch not in (1, source.batch):
         raise ValueError(f"target batch must be 1 or the source batch {source.batch}; got {target.batch}")
     frozen_attention = frozen_attention or ExactFrozenAttention()
     device = source.resid_pre.device
-    scores = torch.empty(source.batch, len(interventions), device=device, dtype=source.resid_pre.dtype)
+    scores = None
     jobs = []
     for (start, end), index in group_by_layers(interventions).items():
         packed = pack_positions([interventions[i] for i in index], device=device)
         size = chunk_size or groups_per_chunk(cfg, source.batch, packed.positions.shape[1], memory_budget_gb)
         jobs += [(start, end, index[lo:lo + size], packed.chunk(lo, lo + size)) for lo in range(0, len(index), size)]
     for start, end, index, packed in tqdm(jobs, disable=not progress, desc="patching (parallel)"):
-        out = _run_groups(model, source, target, packed, start, end, frozen_attention)
-        scores[:, index] = readout(out)
+        values = readout(_run_groups(model, source, target, packed, start, end, frozen_attention))
+        if scores is None:  # readouts may return trailing dims, e.g. the whole output vector
+            scores = values.new_empty(source.batch, len(interventions), *values.shape[2:])
+        scores[:, index] = values
     return scores
 
 
@@ -100,6 +102,8 @@ def _run_groups(model, source: ContextCache, target: ContextCache, packed: Packe
         if not live_set:  # S_k keys/values come from the source run at this block
             k = torch.cat([k, _gather(source.k[b], positions)], dim=2)
             v = torch.cat([v, _gather(source.v[b], positions)], dim=2)
+        if b == cfg.n_layers - 1:  # only the CLS output is read: other tokens are keys/values only
+            q, query_pos, state = q[:, :, :1], query_pos[:, :1], state[:, :, :1]
         z = _attend(q, k, v, own_valid, frozen_attention.partial(target, b, q, query_pos, positions, valid,
                                                                  frozen_keys, block.attn.scale), block.attn.scale)
         resid_mid = state + block.ls1(block.attn.project(z.flatten(0, 1)).view_as(state))
