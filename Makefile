@@ -12,8 +12,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# Offline, the demo uses the evaluation checkpoint in ../shared when present; elsewhere timm downloads
+# an ImageNet ViT-B/16 (override with: make demo DEMO_MODEL="--weights FILE" or "--model NAME").
+DEMO_WEIGHTS := $(wildcard ../shared/eval/models/dinov2_vits14_davis20.safetensors)
+DEMO_MODEL   ?= $(if $(DEMO_WEIGHTS),--weights $(DEMO_WEIGHTS),--model vit_base_patch16_224.augreg2_in21k_ft_in1k)
+
 demo: $(STAMP)   ## explain the image shipped in assets/ and write outputs/demo.png
-	$(VENV)/bin/caap explain assets/demo.jpg --demo-model --out outputs/demo.png
+	$(VENV)/bin/caap explain assets/demo.jpg $(DEMO_MODEL) --out outputs/demo.png
 
 test: $(STAMP)   ## the whole test suite
 	$(PY) -m pytest tests

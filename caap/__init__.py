@@ -1,1 +1,8 @@
-"""CAAP: Causal Attribution via Activation Patching."""
+"""CAAP: Causal Attribution via Activation Patching, its efficient variant and input-level baselines."""
+from caap.baselines import GradCAM, SimpleDeletion, SimpleInsertion
+from caap.blanks import BLANKS, blank_context, blank_image, blank_pixels
+from caap.caap import CAAP, default_layers, upsample
+from caap.selection import SELECTIONS, all_neighbourhoods, neighbourhood
+
+__all__ = ["CAAP", "SimpleInsertion", "SimpleDeletion", "GradCAM", "BLANKS", "SELECTIONS", "blank_context",
+           "blank_image", "blank_pixels", "default_layers", "upsample", "neighbourhood", "all_neighbourhoods"]

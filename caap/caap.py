@@ -1,0 +1,107 @@
+"""CAAP: per-patch activation patching of source activations into a blank context (paper Sec. 3)."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from caap.blanks import Blank, blank_context
+from caap.selection import Selection, all_neighbourhoods
+from caap.targets import resolve_targets
+from vit_lens.patching import ENGINES, ClassScore, Intervention, cache_context, run_patching
+
+Score = str | Callable[[Float[Tensor, "batch K n_out"]], Float[Tensor, "batch K"]]
+SCORES = ("logit", "prob")
+
+
+def default_layers(n_layers: int) -> tuple[int, int]:
+    """Blocks ``0 .. ceil(2L/3)`` (0..8 for L = 12), capped at the last block."""
+    return 0, min(math.ceil(2 * n_layers / 3), n_layers - 1)
+
+
+def resolve_layers(layers, n_layers: int) -> tuple[int, int]:
+    """Accept ``None``, ``(start, end)`` (inclusive) or a consecutive sequence/range of block indices."""
+    if layers is None:
+        return default_layers(n_layers)
+    seq = list(layers)
+    if len(seq) == 0 or any(not isinstance(b, int) for b in seq):
+        raise ValueError(f"layers must be None, (start, end) or consecutive block indices; got {layers!r}")
+    start, end = (seq[0], seq[1]) if len(seq) == 2 and not isinstance(layers, range) else (seq[0], seq[-1])
+    if len(seq) > 2 and seq != list(range(start, end + 1)):
+        raise ValueError(f"layers must be consecutive block indices; got {seq}")
+    if not 0 <= start <= end < n_layers:
+        raise ValueError(f"layers ({start}, {end}) must satisfy 0 <= start <= end < n_layers={n_layers}")
+    return start, end
+
+
+def upsample(patch_map: Float[Tensor, "batch grid_h grid_w"], image_size: tuple[int, int]) -> Float[Tensor, "batch height width"]:
+    """Bilinear upsampling of a patch-level map to pixels."""
+    return F.interpolate(patch_map[:, None], size=tuple(image_size), mode="bilinear", align_corners=False)[:, 0]
+
+
+class CAAP:
+    """Causal Attribution via Activation Patching.
+
+    For patch ``i`` the source activations at ``S(p_i)`` are inserted into the blank context over blocks
+    ``layers`` (default ``0..ceil(2L/3)``); CLS (and later ``S(p_i)``) are recomputed and the class score
+    read. ``engine``: ``"parallel"`` (exact multi-CLS), ``"loop"`` (reference) or ``"efficient"``
+    (E-CAAP). ``score``: ``"logit"``, ``"prob"`` or a callable on the output ``[batch, K, n_out]``.
+    """
+
+    def __init__(self, model, *, layers=None, selection: Selection = "box", radius: int = 1,
+                 blank: Blank = "white", engine: str = "parallel", score: Score = "logit",
+                 chunk_size: int | None = None, memory_budget_gb: float = 1.0, batch_size: int = 4,
+                 blank_seed: int = 0, progress: bool | None = None):
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}; got {engine!r}")
+        if not callable(score) and score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES} or a callable; got {score!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        self.model, self.engine, self.score = model, engine, score
+        self.layers = resolve_layers(layers, model.cfg.n_layers)
+        self.neighbourhoods = all_neighbourhoods(model.cfg.grid_size, selection, radius)
+        self.blank, self.blank_seed = blank, blank_seed
+        blank_context(model, blank, blank_seed)  # validate now, cache for every image
+        self.chunk_size, self.memory_budget_gb, self.batch_size = chunk_size, memory_budget_gb, batch_size
+        self.progress = progress
+        start, end = self.layers
+        self.interventions: Sequence[Intervention] = [
+            Intervention.from_patches(model.layout, s, start, end) for s in self.neighbourhoods]
+
+    def _readout(self, target: Int[Tensor, "batch"] | None):
+        if callable(self.score):
+            return self.score
+        return ClassScore(target, kind=self.score)
+
+    def attribute(self, images: Float[Tensor, "batch chan height width"],
+                  target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
+        """Patch-level attribution maps. ``target``: None (predicted class), an int, or one class per image
+        (ignored when ``score`` is a callable)."""
+        model = self.model
+        model.check_images(images)
+        param = next(model.parameters())
+        images = images.to(param.device, param.dtype)
+        targets = None if callable(self.score) else resolve_targets(model, images, target)
+        blank = blank_context(model, self.blank, self.blank_seed)
+        batches = range(0, images.shape[0], self.batch_size)
+        show = self.progress if self.progress is not None else len(batches) > 1
+        maps = []
+        for lo in tqdm(batches, disable=not show, desc="CAAP", unit="batch"):
+            batch = images[lo:lo + self.batch_size]
+            readout = self._readout(None if targets is None else targets[lo:lo + self.batch_size])
+            scores = run_patching(model, None, None, self.interventions, readout=readout, engine=self.engine,
+                                  chunk_size=self.chunk_size, memory_budget_gb=self.memory_budget_gb,
+                                  source_cache=cache_context(model, batch), target_cache=blank)
+            maps.append(model.layout.to_grid(scores))
+        return torch.cat(maps)
+
+    def attribute_pixels(self, images: Float[Tensor, "batch chan height width"],
+                         target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch height width"]:
+        """The patch-level map upsampled (bilinear) to the input size."""
+        return upsample(self.attribute(images, target), self.model.cfg.image_size)
