@@ -82,15 +82,19 @@ class GradCAM:
 
     def attribute(self, images: Float[Tensor, "batch chan height width"],
                   target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
+        with torch.inference_mode(False), torch.enable_grad():  # also works when called under inference_mode
+            return self._attribute(images.clone(), target)
+
+    def _attribute(self, images, target):
         model, n_pre = self.model, self.model.cfg.n_prefix_tokens
-        targets = resolve_targets(model, images, target)
+        targets = resolve_targets(model, images, target).clone()  # a normal tensor even if target was not
         stored = {}
 
         def keep(act, hook):  # a leaf when the weights are frozen, so the gradient always exists
             stored["a"] = act if act.requires_grad else act.detach().requires_grad_()
             return stored["a"]
 
-        with torch.enable_grad(), model.hooks(fwd_hooks=[(self.hook_name, keep)]):
+        with model.hooks(fwd_hooks=[(self.hook_name, keep)]):
             logits = model(images)
             acts = stored["a"]
             grads = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), acts)[0]

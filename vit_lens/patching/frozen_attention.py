@@ -77,8 +77,21 @@ class PrecomputedFrozenAttention:
             target.derived[key] = (f_max, weights, weights.sum(-1), numer)
         return target.derived[key]
 
+    def __init__(self, exact_patch_queries: bool = True):
+        self.exact_patch_queries = exact_patch_queries
+        self._exact = ExactFrozenAttention()
+
     def partial(self, target, block, q, query_pos, positions, valid, frozen_keys, scale) -> Partial:
         n_prefix = target.resid_pre.shape[2] - frozen_keys.shape[1]
+        if self.exact_patch_queries and q.shape[2] > n_prefix:  # live S_k queries: exact
+            pre = self._precomputed(target, block, query_pos[:, :n_prefix], positions, valid, n_prefix, scale)
+            live = self._exact.partial(target, block, q[:, :, n_prefix:], query_pos[:, n_prefix:], positions,
+                                       valid, frozen_keys, scale)
+            return tuple(torch.cat([a.expand(live[0].shape[0], *a.shape[1:]), b], dim=3)
+                         for a, b in zip(pre, live))
+        return self._precomputed(target, block, query_pos, positions, valid, n_prefix, scale)
+
+    def _precomputed(self, target, block, query_pos, positions, valid, n_prefix, scale) -> Partial:
         f_max, weights, denom, numer = self.stats(target, block, n_prefix, scale)
         _, v = _patch_kv(target, block, n_prefix)
         patch_idx = positions - n_prefix  # [group, set]
