@@ -96,6 +96,10 @@ class HookedViT(HookedRootModule):
         if not images.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor (normalized pixels); got dtype "
                             f"{images.dtype}. Use model.transform or convert with .float().")
+        dtype = self.patch_embed.proj.weight.dtype
+        if images.dtype != dtype:
+            raise TypeError(f"{name} has dtype {images.dtype} but the model runs in {dtype}; convert with "
+                            f".to({dtype})")
         if images.shape[1] != cfg.in_chans:
             raise ValueError(f"{name} must have {cfg.in_chans} channels; got {images.shape[1]} "
                              f"(shape {tuple(images.shape)})")

@@ -142,6 +142,7 @@ def test_pattern_hook_switches_to_explicit_path():
     (torch.randn(1, 3, 32, 64), ValueError, "64x64 pixels"),
     (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), TypeError, "floating-point"),
     ([[1.0]], TypeError, "torch.Tensor"),
+    (torch.zeros(1, 3, 64, 64, dtype=torch.float64), TypeError, "dtype torch.float64 but the model runs in torch.float32"),
 ])
 def test_bad_images_are_refused(images, error, match):
     model = make_hooked("vit")

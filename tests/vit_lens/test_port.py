@@ -151,3 +151,12 @@ def test_pretrained_download_failure_suggests_checkpoint(monkeypatch):
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(RuntimeError, match="checkpoint_path"):
         HookedViT.from_timm("vit_base_patch16_224", pretrained=True)
+
+
+def test_dtype_and_device_arguments():
+    timm_model = make_timm("dinov2_reg")
+    model = HookedViT.from_timm(timm_model, dtype=torch.float64, device="cpu")
+    assert model.blocks[0].attn.qkv.weight.dtype == torch.float64
+    x = random_images(model).double()
+    with torch.no_grad():
+        assert (model(x) - timm_model.double()(x)).abs().max().item() <= 1e-10

@@ -34,7 +34,7 @@ def run_patching(
     source_cache: ContextCache | None = None,
     target_cache: ContextCache | None = None,
 ) -> Float[Tensor, "batch K"]:
-    """Score ``[batch, K]`` of each intervention on each source image (see ``docs/patching.md``).
+    """Score ``[batch, K]`` of each intervention on each source image (definition: README, "Activation patching").
 
     ``target_images`` has batch 1 (shared) or the source batch. The default readout is the logit of
     ``target_classes`` (default: the class the model predicts on each source image). Pass precomputed
