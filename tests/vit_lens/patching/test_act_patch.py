@@ -13,45 +13,47 @@ def setup():
     model = make_hooked("dinov2_reg")
     clean, corrupted = random_images(model, 2, seed=1), random_images(model, 2, seed=2)
     _, cache = model.run_with_cache(clean)
-    return model, clean, corrupted, cache
+    return model, corrupted, cache
+
+
+def plain_loop(model, corrupted, cache, n_index, hook_suffix, copy_clean):
+    """One forward per (layer, index); ``copy_clean(act, clean, index)`` patches in place."""
+    expected = torch.empty(model.cfg.n_layers, n_index)
+    for layer in range(model.cfg.n_layers):
+        for index in range(n_index):
+            def hook(act, hook):
+                act = act.clone()
+                copy_clean(act, cache[hook.name], index)
+                return act
+
+            with torch.no_grad():
+                logits = model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.{hook_suffix}", hook)])
+            expected[layer, index] = logit_diff(logits[None])[0]
+    return expected
 
 
 def test_resid_pre_sweep_matches_hook_loop():
-    model, _, corrupted, cache = setup()
+    model, corrupted, cache = setup()
+    n_pre = model.cfg.n_prefix_tokens
     fast = get_act_patch_resid_pre(model, corrupted, cache, logit_diff, chunk_size=7)
-    cfg = model.cfg
-    expected = torch.empty(cfg.n_layers, cfg.n_patches)
-    for layer in range(cfg.n_layers):
-        for p in range(cfg.n_patches):
-            pos = cfg.n_prefix_tokens + p
 
-            def hook(resid, hook):
-                resid = resid.clone()
-                resid[:, pos] = cache[hook.name][:, pos]
-                return resid
+    def copy_position(act, clean, p):
+        act[:, n_pre + p] = clean[:, n_pre + p]
 
-            with torch.no_grad():
-                logits = model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", hook)])
-            expected[layer, p] = logit_diff(logits[None])[0]
-    assert fast.shape == (cfg.n_layers, cfg.n_patches)
+    expected = plain_loop(model, corrupted, cache, model.cfg.n_patches, "hook_resid_pre", copy_position)
+    assert fast.shape == (model.cfg.n_layers, model.cfg.n_patches)
     assert expected.std() > 1e-3
     assert torch.allclose(fast, expected, atol=1e-5)
 
 
 def test_head_sweep_matches_hook_loop():
-    model, _, corrupted, cache = setup()
+    model, corrupted, cache = setup()
     fast = get_act_patch_attn_head_out_all_pos(model, corrupted, cache, logit_diff, chunk_size=4)
-    cfg = model.cfg
-    expected = torch.empty(cfg.n_layers, cfg.n_heads)
-    for layer in range(cfg.n_layers):
-        for head in range(cfg.n_heads):
-            def hook(z, hook):
-                z = z.clone()
-                z[:, :, head] = cache[hook.name][:, :, head]
-                return z
 
-            with torch.no_grad():
-                logits = model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
-            expected[layer, head] = logit_diff(logits[None])[0]
+    def copy_head(act, clean, head):
+        act[:, :, head] = clean[:, :, head]
+
+    expected = plain_loop(model, corrupted, cache, model.cfg.n_heads, "attn.hook_z", copy_head)
+    assert fast.shape == (model.cfg.n_layers, model.cfg.n_heads)
     assert expected.std() > 1e-3
     assert torch.allclose(fast, expected, atol=1e-5)
