@@ -18,6 +18,8 @@ from analysis.metrics import auc, aupr, perturbation_curves, pointing_game
 Method = Callable[[Float[Tensor, "1 chan H W"], Int[Tensor, "1"]], Float[Tensor, "1 h w"]]
 METRICS = ("deletion", "insertion", "ins_del", "aupr1", "aupr0", "pointing_game")
 LOWER_IS_BETTER = {"deletion"}
+HEADERS = {"deletion": "Del ↓", "insertion": "Ins ↑", "ins_del": "Ins−Del ↑", "aupr1": "AUPR₁ ↑",
+           "aupr0": "AUPR₀ ↑", "pointing_game": "PG ↑"}
 
 
 def default_methods(model) -> dict[str, Method]:
@@ -97,7 +99,7 @@ def format_table(summary: Mapping[str, Mapping[str, tuple[float, float, int]]], 
     for metric in metrics:
         means = {m: s[metric][0] for m, s in summary.items()}
         best[metric] = (min if metric in LOWER_IS_BETTER else max)(means, key=means.get)
-    header = "| method | n | " + " | ".join(("Del ↓" if m == "deletion" else m) for m in metrics) + " |"
+    header = "| method | n | " + " | ".join(HEADERS[m] for m in metrics) + " |"
     lines = [header, "|" + "---|" * (len(metrics) + 2)]
     for method, stats in summary.items():
         cells = []
