@@ -178,3 +178,16 @@ def test_token_layout_helpers():
     _, c1 = model.run_with_cache(x2, names_filter="hook_embed")
     changed = (c0["hook_embed"] - c1["hook_embed"]).abs().amax(-1)[0].nonzero().flatten().tolist()
     assert changed == [layout.patch_index(2, 3)]
+
+
+def test_backward_hooks_fire_at_every_hook_point(family):
+    """A class score's gradient reaches every hook point, with the activation's shape."""
+    model = make_hooked(family)
+    x = random_images(model)
+    _, cache = model.run_with_cache(x)
+    grads = {}
+    for name in model.hook_dict:
+        model.add_hook(name, lambda g, hook: grads.__setitem__(hook.name, g.shape), dir="bwd")
+    model(x)[:, 0].sum().backward()
+    model.reset_hooks()
+    assert grads == {name: cache[name].shape for name in model.hook_dict}
