@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from caap import CAAP
 from vit_lens import HookedViT
+from vit_lens.patching import PrecomputedFrozenAttention
 
 EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval"
 
@@ -25,10 +26,13 @@ def main() -> None:
     parser.add_argument("--eval-dir", type=Path, default=EVAL)
     parser.add_argument("--model", default="dinov2_vits14_probe_in1k")
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--approximate-patch-queries", action="store_true",
+                        help="also approximate the live patch queries (not only CLS/registers)")
     args = parser.parse_args()
     model = HookedViT.from_checkpoint(args.eval_dir / "models" / f"{args.model}.safetensors")
     rows = list(csv.DictReader(open(args.eval_dir / "davis" / "manifest.csv")))[: args.limit]
-    exact, efficient = CAAP(model, engine="parallel"), CAAP(model, engine="efficient")
+    frozen = PrecomputedFrozenAttention(exact_patch_queries=not args.approximate_patch_queries)
+    exact, efficient = CAAP(model, engine="parallel"), CAAP(model, engine="efficient", frozen_attention=frozen)
     rhos, rel, top1 = [], [], []
     for row in tqdm(rows, desc="DAVIS frames"):
         x = model.transform(Image.open(args.eval_dir / "davis" / row["image"]).convert("RGB"))[None]
@@ -39,7 +43,8 @@ def main() -> None:
         rel.append(((a - b).abs().max() / (a.max() - a.min())).item())
         top1.append(int(a.argmax() == b.argmax()))
     q = statistics.quantiles(rhos, n=10)
-    print(f"model {args.model}, {len(rows)} DAVIS frames, default CAAP (3x3 box, blocks 0..8, white blank)")
+    print(f"model {args.model}, {len(rows)} DAVIS frames, default CAAP (3x3 box, blocks 0..8, white blank), "
+          f"E-CAAP approximating {'CLS/register and patch' if args.approximate_patch_queries else 'CLS/register'} queries")
     print(f"Spearman(exact, efficient) per image: mean {statistics.mean(rhos):.4f}, median "
           f"{statistics.median(rhos):.4f}, min {min(rhos):.4f}, 10th percentile {q[0]:.4f}")
     print(f"max |diff| / range of exact map: mean {statistics.mean(rel):.4f}, max {max(rel):.4f}")

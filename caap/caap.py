@@ -56,7 +56,7 @@ class CAAP:
     def __init__(self, model, *, layers=None, selection: Selection = "box", radius: int = 1,
                  blank: Blank = "white", engine: str = "parallel", score: Score = "logit",
                  chunk_size: int | None = None, memory_budget_gb: float = 1.0, batch_size: int = 4,
-                 blank_seed: int = 0, progress: bool | None = None):
+                 blank_seed: int = 0, progress: bool | None = None, frozen_attention=None):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}; got {engine!r}")
         if not callable(score) and score not in SCORES:
@@ -69,7 +69,7 @@ class CAAP:
         self.blank, self.blank_seed = blank, blank_seed
         blank_context(model, blank, blank_seed)  # validate now, cache for every image
         self.chunk_size, self.memory_budget_gb, self.batch_size = chunk_size, memory_budget_gb, batch_size
-        self.progress = progress
+        self.progress, self.frozen_attention = progress, frozen_attention
         start, end = self.layers
         self.interventions: Sequence[Intervention] = [
             Intervention.from_patches(model.layout, s, start, end) for s in self.neighbourhoods]
@@ -97,7 +97,8 @@ class CAAP:
             readout = self._readout(None if targets is None else targets[lo:lo + self.batch_size])
             scores = run_patching(model, None, None, self.interventions, readout=readout, engine=self.engine,
                                   chunk_size=self.chunk_size, memory_budget_gb=self.memory_budget_gb,
-                                  source_cache=cache_context(model, batch), target_cache=blank)
+                                  source_cache=cache_context(model, batch), target_cache=blank,
+                                  frozen_attention=self.frozen_attention)
             maps.append(model.layout.to_grid(scores))
         return torch.cat(maps)
 

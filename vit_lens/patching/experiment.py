@@ -8,7 +8,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from vit_lens.patching.context import ContextCache, cache_context
-from vit_lens.patching.frozen_attention import ExactFrozenAttention, PrecomputedFrozenAttention
+from vit_lens.patching.frozen_attention import ExactFrozenAttention, FrozenAttention, PrecomputedFrozenAttention
 from vit_lens.patching.interventions import Intervention, validate_interventions
 from vit_lens.patching.loop import run_loop
 from vit_lens.patching.parallel import DEFAULT_MEMORY_BUDGET_GB, check_parallel_supported, run_parallel
@@ -33,6 +33,7 @@ def run_patching(
     progress: bool = False,
     source_cache: ContextCache | None = None,
     target_cache: ContextCache | None = None,
+    frozen_attention: FrozenAttention | None = None,
 ) -> Float[Tensor, "batch K"]:
     """Score ``[batch, K]`` of each intervention on each source image (definition: README, "Activation patching").
 
@@ -40,7 +41,8 @@ def run_patching(
     ``target_classes`` (default: the class the model predicts on each source image). Pass precomputed
     ``source_cache``/``target_cache`` (from :func:`cache_context`) to reuse them across calls.
     ``engine``: ``"loop"`` (reference), ``"parallel"`` (exact, frozen context only) or ``"efficient"``
-    (E-CAAP approximation of the parallel engine).
+    (E-CAAP approximation of the parallel engine). ``frozen_attention`` overrides how the parallel
+    engines attend to frozen tokens (e.g. ``PrecomputedFrozenAttention(exact_patch_queries=False)``).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}; got {engine!r}")
@@ -69,6 +71,6 @@ def run_patching(
     if engine == "loop":
         return run_loop(model, source_cache, target_cache, interventions, readout,
                         freeze_context=freeze_context, chunk_size=chunk_size or 16, progress=progress)
-    frozen = ExactFrozenAttention() if engine == "parallel" else PrecomputedFrozenAttention()
+    frozen = frozen_attention or (ExactFrozenAttention() if engine == "parallel" else PrecomputedFrozenAttention())
     return run_parallel(model, source_cache, target_cache, interventions, readout, frozen_attention=frozen,
                         chunk_size=chunk_size, memory_budget_gb=memory_budget_gb, progress=progress)

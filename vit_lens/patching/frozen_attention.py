@@ -59,7 +59,11 @@ class PrecomputedFrozenAttention:
     """E-CAAP (CAAP paper, App. B.1): a live query at position ``p`` is assumed to score the frozen keys
     as the target context's own query at ``p`` does. The target's per-position softmax statistics over
     all patch keys are computed once per block and cached on the target; per group only the terms of
-    the ``S_k`` keys are subtracted. Exact whenever the live queries equal the target's."""
+    the ``S_k`` keys are subtracted. Exact whenever the live queries equal the target's.
+
+    ``exact_patch_queries`` (default): only prefix (CLS, register) queries are approximated; live patch
+    queries (``S_k`` after ``layer_end``), whose state is the source's and far from the blank's, attend
+    exactly."""
 
     def stats(self, target: ContextCache, block: int, n_prefix: int, scale: float):
         """``(max, weights, denominator, numerator)`` of the target's softmax over patch keys, cached on

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tests.conftest import make_hooked, random_images
-from vit_lens.patching import ClassScore, Intervention, cache_context, run_patching
+from vit_lens.patching import ClassScore, Intervention, PrecomputedFrozenAttention, cache_context, run_patching
 
 ENGINE_FAMILIES = ["vit", "deit3", "clip_quickgelu", "dinov2", "dinov2_reg"]
 
@@ -99,13 +99,26 @@ def test_patching_everything_reproduces_the_source(engine):
     assert torch.allclose(scores[:, 0], logits, atol=1e-4)
 
 
-def test_efficient_is_exact_when_source_is_the_target():
+@pytest.mark.parametrize("exact_patch_queries", [True, False])
+def test_efficient_is_exact_when_source_is_the_target(exact_patch_queries):
     model = make_hooked("dinov2_reg")
     image = random_images(model, 1, seed=4)
     interventions = random_interventions(model, 12, seed=1)
+    frozen = PrecomputedFrozenAttention(exact_patch_queries=exact_patch_queries)
     exact = run_patching(model, image, image, interventions, engine="parallel", target_classes=torch.tensor([2]))
-    approx = run_patching(model, image, image, interventions, engine="efficient", target_classes=torch.tensor([2]))
+    approx = run_patching(model, image, image, interventions, engine="efficient", target_classes=torch.tensor([2]),
+                          frozen_attention=frozen)
     assert rel_err(approx, exact) <= 1e-5
+
+
+def test_approximating_patch_queries_too_changes_scores():
+    model = make_hooked("deit3")
+    source, target = random_images(model, 2, seed=3), random_images(model, 1, seed=4)
+    interventions = random_interventions(model, 12, seed=1, layer_ranges=[(0, 1)])
+    default = run_patching(model, source, target, interventions, engine="efficient")
+    cruder = run_patching(model, source, target, interventions, engine="efficient",
+                          frozen_attention=PrecomputedFrozenAttention(exact_patch_queries=False))
+    assert rel_err(cruder, default) > 1e-4
 
 
 def test_efficient_differs_but_stays_close_on_real_sources():
