@@ -112,9 +112,9 @@ def test_efficient_is_exact_when_source_is_the_target(exact_patch_queries):
 
 
 def test_approximating_patch_queries_too_changes_scores():
-    model = make_hooked("deit3")
+    model = make_hooked("vit")
     source, target = random_images(model, 2, seed=3), random_images(model, 1, seed=4)
-    interventions = random_interventions(model, 12, seed=1, layer_ranges=[(0, 1)])
+    interventions = random_interventions(model, 12, seed=1, layer_ranges=[(0, 0)])
     default = run_patching(model, source, target, interventions, engine="efficient")
     cruder = run_patching(model, source, target, interventions, engine="efficient",
                           frozen_attention=PrecomputedFrozenAttention(exact_patch_queries=False))
