@@ -23,26 +23,31 @@ def main() -> None:
     model = HookedViT.from_timm(timm_model)
     image = torch.randn(1, 3, 224, 224)
     blank_context(model, "white")  # computed once per model and reused by every image: not timed
-    t_fwd = median_seconds(lambda: timm_model(image))
     caaps = {engine: CAAP(model, engine=engine, progress=False) for engine in ("parallel", "efficient", "loop")}
-    times = {"parallel": [], "efficient": []}
-    for engine in times:  # warm-up: E-CAAP's blank statistics are computed once per blank, like the blank cache
-        caaps[engine].attribute(image, target=0)
-    for _ in range(5):  # interleaved, so drift of the machine hits both engines alike
-        for engine in times:
-            times[engine].append(median_seconds(lambda: caaps[engine].attribute(image, target=0), repeats=1, warmup=0))
-    rows = [(f"CAAP {engine}", statistics.median(t)) for engine, t in times.items()]
-    rows.append(("CAAP loop", median_seconds(lambda: caaps["loop"].attribute(image, target=0), repeats=1, warmup=0)))
     gradcam = GradCAM(model)
-    t_gc = median_seconds(lambda: gradcam.attribute(image, target=0))
-    rows.append(("Grad-CAM (fwd + bwd)", t_gc))
+    runs = {"forward": lambda: timm_model(image), "parallel": lambda: caaps["parallel"].attribute(image, target=0),
+            "efficient": lambda: caaps["efficient"].attribute(image, target=0),
+            "gradcam": lambda: gradcam.attribute(image, target=0)}
+    for fn in runs.values():  # warm-up; E-CAAP's blank statistics are computed once per blank, like the blank cache
+        fn()
+    times = {name: [] for name in runs}
+    for _ in range(7):  # interleaved rounds: drift of a shared machine hits every method alike
+        for name, fn in runs.items():
+            times[name].append(median_seconds(fn, repeats=1, warmup=0))
+    per_round = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731
+    t_fwd = statistics.median(times["forward"])
+    t_loop = median_seconds(lambda: caaps["loop"].attribute(image, target=0), repeats=1, warmup=0)
+    t_par = statistics.median(times["parallel"])
+    rows = [("CAAP parallel", t_par, per_round("parallel", "forward")),
+            ("CAAP efficient", statistics.median(times["efficient"]), per_round("efficient", "forward")),
+            ("CAAP loop", t_loop, t_loop / t_fwd),
+            ("Grad-CAM (fwd + bwd)", statistics.median(times["gradcam"]), per_round("gradcam", "forward"))]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; ViT-B/16 224 px, 196 patches, blocks 0..8")
     print(f"{'timm forward (batch 1)':<24s} {t_fwd * 1e3:9.1f} ms   1.00x")
-    for name, t in rows:
-        print(f"{name:<24s} {t * 1e3:9.1f} ms  {t / t_fwd:6.2f}x forward")
-    t = dict(rows)
-    print(f"loop / parallel = {t['CAAP loop'] / t['CAAP parallel']:.1f} (target >= 30); "
-          f"efficient / parallel = {t['CAAP efficient'] / t['CAAP parallel']:.2f} (target <= 1)")
+    for name, t, ratio in rows:
+        print(f"{name:<24s} {t * 1e3:9.1f} ms  {ratio:6.2f}x forward")
+    print(f"loop / parallel = {t_loop / t_par:.1f} (target >= 30); "
+          f"efficient / parallel = {per_round('efficient', 'parallel'):.2f} (target <= 1; median of 7 rounds)")
 
 
 if __name__ == "__main__":
