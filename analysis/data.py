@@ -11,6 +11,8 @@ from jaxtyping import Bool, Float
 from PIL import Image
 from torch import Tensor
 
+from caap.blanks import normalize
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -43,6 +45,4 @@ def load_image_and_mask(model, sample: Sample) -> tuple[Float[Tensor, "1 chan H 
     image = Image.open(sample.image).convert("RGB").resize((w, h), Image.BICUBIC)
     mask = Image.open(sample.mask).convert("L").resize((w, h), Image.NEAREST)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    mean = torch.tensor(model.cfg.mean).view(-1, 1, 1)
-    std = torch.tensor(model.cfg.std).view(-1, 1, 1)
-    return ((pixels - mean) / std)[None], torch.from_numpy(np.asarray(mask) > 127)
+    return normalize(model, pixels)[None], torch.from_numpy(np.asarray(mask) > 127)

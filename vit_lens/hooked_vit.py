@@ -126,7 +126,11 @@ class HookedViT(HookedRootModule):
         x = self.embed(images)
         for block in self.blocks:
             x = block(x)
-        return self.ln_final(x) if self.ln_final is not None else x
+        return self.final_norm(x)
+
+    def final_norm(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        """``ln_final`` when the model has one (timm moves it to ``fc_norm`` for avg pooling)."""
+        return self.ln_final(resid) if self.ln_final is not None else resid
 
     def pool(self, tokens: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
         if self.cfg.pooling == "token":
@@ -147,7 +151,7 @@ class HookedViT(HookedRootModule):
             raise ValueError(f"start_layer must be in [0, {self.cfg.n_layers}]; got {start_layer}")
         for block in self.blocks[start_layer:]:
             resid = block(resid)
-        return self.forward_head(self.ln_final(resid) if self.ln_final is not None else resid)
+        return self.forward_head(self.final_norm(resid))
 
     def forward(self, images: Float[Tensor, "batch chan height width"]) -> Float[Tensor, "batch out"]:
         """Logits ``[batch, num_classes]`` (pooled features ``[batch, d_model]`` for a headless model)."""
@@ -155,14 +159,17 @@ class HookedViT(HookedRootModule):
 
     # ------------------------------------------------------------------ hooks
     def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:
-        if isinstance(name, str) and name not in self.mod_dict:
-            self._raise_unknown_hook(name)
+        self._check_hook_names([name])
         return super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
-    def _check_hook_list(self, hook_list) -> None:
-        for name, _ in hook_list or ():
+    def _check_hook_names(self, names) -> None:
+        """Raise for any string name that is not a hook point (callable filters pass through)."""
+        for name in names:
             if isinstance(name, str) and name not in self.mod_dict:
                 self._raise_unknown_hook(name)
+
+    def _check_hook_list(self, hook_list) -> None:
+        self._check_hook_names(name for name, _ in hook_list or ())
 
     def run_with_hooks(self, *model_args: Any, fwd_hooks=(), bwd_hooks=(), **kwargs: Any):
         self._check_hook_list(fwd_hooks)
@@ -187,14 +194,9 @@ class HookedViT(HookedRootModule):
         names_filter = kwargs.get("names_filter")
         names = [names_filter] if isinstance(names_filter, str) else names_filter
         if isinstance(names, (list, tuple)):
-            for name in names:
-                if name not in self.hook_dict:
-                    self._raise_unknown_hook(name)
+            self._check_hook_names(names)
         out, cache_dict = super().run_with_cache(*model_args, **kwargs)
         return out, ActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
-
-    def hook_names(self) -> list[str]:
-        return list(self.hook_dict)
 
     def set_use_attn_explicit(self, explicit: bool = True) -> None:
         """Force the explicit softmax attention path everywhere (the fast SDPA path is the default)."""

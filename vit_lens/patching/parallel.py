@@ -108,9 +108,7 @@ def _run_groups(model, source: ContextCache, target: ContextCache, packed: Packe
                                                                  frozen_keys, block.attn.scale), block.attn.scale)
         resid_mid = state + block.ls1(block.attn.project(z.flatten(0, 1)).view_as(state))
         state = resid_mid + block.mlp_branch(resid_mid)
-    final = state.flatten(0, 1)
-    final = model.ln_final(final) if model.ln_final is not None else final
-    return model.forward_head(final).view(n_images, n_groups, -1)
+    return model.forward_head(model.final_norm(state.flatten(0, 1))).view(n_images, n_groups, -1)
 
 
 def _gather(per_pos: Float[Tensor, "batch pos ..."], positions: Int[Tensor, "group set"]) -> Tensor:
