@@ -9,7 +9,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens import ActivationCache, HookedRootModule
-from transformer_lens.hook_points import HookPoint
+from vit_lens.components.hooks_util import HookPoint
 
 from vit_lens.components import LayerNorm, PatchEmbed, PosEmbed, TransformerBlock
 from vit_lens.config import ViTConfig

@@ -4,9 +4,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookPoint
 
-from vit_lens.components.hooks_util import is_hooked
+from vit_lens.components.hooks_util import HookPoint, is_hooked
 
 
 class Attention(nn.Module):

@@ -2,7 +2,7 @@
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookPoint
+from vit_lens.components.hooks_util import HookPoint
 
 from vit_lens.components.attention import Attention
 from vit_lens.components.layer_norm import LayerNorm

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookPoint
+from vit_lens.components.hooks_util import HookPoint
 
 
 def quick_gelu(x: Tensor) -> Tensor:
