@@ -1,6 +1,7 @@
 """Input-level baselines Simple Insertion / Simple Deletion (CAAP paper, App. B.2).
 
-Cost: one forward per image plus one per patch (K = n_patches perturbed copies), ``chunk_size`` per batch.
+Cost per image: K = n_patches masked forwards (:mod:`caap.masking`, batched by ``memory_budget_gb`` or
+``chunk_size``); Simple Deletion adds one clean forward.
 """
 from __future__ import annotations
 
@@ -11,17 +12,21 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from caap.blanks import Blank, blank_image
+from caap.masking import DEFAULT_MEMORY_BUDGET_GB, masked_scores
 from caap.selection import Selection, all_neighbourhoods
 from caap.targets import resolve_targets
-from vit_lens.patching import ClassScore
 
 
 class _InputPerturbation:
-    """Score K perturbed copies of each image, ``chunk_size`` per forward."""
+    """Score K perturbed copies of each image (``chunk_size`` per forward, default: as many as fit in
+    ``memory_budget_gb``)."""
 
     def __init__(self, model, *, selection: Selection = "box", radius: int = 1, blank: Blank = "white",
-                 score: str = "logit", chunk_size: int = 64, blank_seed: int = 0, progress: bool | None = None):
+                 score: str = "logit", chunk_size: int | None = None,
+                 memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB, blank_seed: int = 0,
+                 progress: bool | None = None):
         self.model, self.score, self.chunk_size, self.progress = model, score, chunk_size, progress
+        self.memory_budget_gb = memory_budget_gb
         cfg = model.cfg
         grid = torch.zeros(cfg.n_patches, cfg.n_patches)
         for i, patches in enumerate(all_neighbourhoods(cfg.grid_size, selection, radius)):
@@ -31,11 +36,13 @@ class _InputPerturbation:
         self.masks = grid.repeat_interleave(ph, 1).repeat_interleave(pw, 2)[:, None]  # [K, 1, H, W]
         self.blank = blank_image(model, blank, blank_seed)
 
-    def perturb(self, image: Float[Tensor, "chan h w"], masks: Float[Tensor, "k 1 h w"]) -> Float[Tensor, "k chan h w"]:
+    def scores(self, image: Float[Tensor, "chan h w"], blank: Float[Tensor, "chan h w"], masks: Float[Tensor, "k 1 h w"],
+               target: Tensor) -> Float[Tensor, "k"]:
         raise NotImplementedError
 
-    def finish(self, scores: Float[Tensor, "K"], clean_score: Tensor) -> Float[Tensor, "K"]:
-        return scores
+    def _masked(self, image, reference, masks, target) -> Float[Tensor, "k"]:
+        return masked_scores(self.model, image, masks, reference, target, kind=self.score,
+                             memory_budget_gb=self.memory_budget_gb, batch_size=self.chunk_size)
 
     @torch.inference_mode()
     def attribute(self, images: Float[Tensor, "batch chan height width"],
@@ -49,27 +56,21 @@ class _InputPerturbation:
         maps = []
         for b in tqdm(range(images.shape[0]), disable=not (self.progress or (self.progress is None and len(images) > 1)),
                       desc=type(self).__name__):
-            readout = ClassScore(targets[b:b + 1], kind=self.score)
-            clean = readout(model(images[b:b + 1])[None])[0]
-            scores = torch.cat([
-                readout(model(self.perturb(images[b], blank[0], masks[lo:lo + self.chunk_size]))[None])[0]
-                for lo in range(0, len(masks), self.chunk_size)])
-            maps.append(model.layout.to_grid(self.finish(scores, clean)))
+            maps.append(model.layout.to_grid(self.scores(images[b], blank[0], masks, targets[b])))
         return torch.stack(maps)
 
 
 class SimpleInsertion(_InputPerturbation):
     """Score of the blank image with only the pixels of ``S(p_i)`` taken from the source."""
 
-    def perturb(self, image, blank, masks):
-        return blank + masks * (image - blank)
+    def scores(self, image, blank, masks, target):
+        return self._masked(image, blank, masks, target)
 
 
 class SimpleDeletion(_InputPerturbation):
     """Drop of the score when the pixels of ``S(p_i)`` are replaced by the blank."""
 
-    def perturb(self, image, blank, masks):
-        return image + masks * (blank - image)
-
-    def finish(self, scores, clean_score):
-        return clean_score - scores
+    def scores(self, image, blank, masks, target):
+        # image + m * (blank - image): the blank is the masked-in "image", the image the reference
+        clean = masked_scores(self.model, image, torch.ones_like(masks[:1]), image, target, kind=self.score)
+        return clean - self._masked(blank, image, masks, target)
