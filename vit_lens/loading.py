@@ -30,10 +30,19 @@ def read_state_dict(path: str | PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # SafetensorError (truncated/corrupt header) names no file
+            raise ValueError(f"cannot read checkpoint {str(path)!r} (truncated or not a safetensors file?): "
+                             f"{err}") from err
     if path.suffix not in (".pth", ".pt", ".bin", ".ckpt"):
         raise ValueError(f"checkpoint_path must end in .safetensors, .pth, .pt, .bin or .ckpt; got {path.name!r}")
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot read checkpoint {str(path)!r} with torch.load(weights_only=True) (truncated "
+                         f"or corrupt?): {reason}") from err
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -71,9 +80,24 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
     model.load_state_dict(state, strict=True)
 
 
+def check_timm_name(name: Any, where: str = "model name") -> None:
+    """Refuse names timm does not know (``timm.is_model``, pretrained tags allowed) before anything loads."""
+    import difflib
+
+    import timm
+
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{where} must be a timm model name (str); got {name!r}")
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3, cutoff=0.6)
+        raise ValueError(f"unknown timm model {name!r} ({where}); "
+                         + (f"close matches: {', '.join(close)}" if close else "see timm.list_models()"))
+
+
 def create_timm_model(name: str, *, pretrained: bool, checkpoint_path=None, **timm_kwargs: Any) -> nn.Module:
     import timm
 
+    check_timm_name(name)
     if checkpoint_path is not None:
         model = timm.create_model(name, pretrained=False, **timm_kwargs)
         load_state_dict_strict(model, read_state_dict(checkpoint_path), source=repr(str(checkpoint_path)))
@@ -131,6 +155,9 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         raise UnsupportedModelError(f"unsupported global_pool={model.global_pool!r} (supported: 'token', 'avg')")
     if getattr(model, "pool_include_prefix", False):
         raise UnsupportedModelError("unsupported pool_include_prefix=True")
+    if getattr(model, "dynamic_img_size", False) or getattr(model.patch_embed, "dynamic_img_pad", False):
+        raise UnsupportedModelError("unsupported dynamic_img_size=True / dynamic_img_pad=True (HookedViT runs at "
+                                    "the fixed image size; create the timm model without them)")
     if model.pos_embed is None:
         raise UnsupportedModelError("unsupported model without learned absolute position embedding (pos_embed=None)")
     if model.global_pool == "token" and model.cls_token is None:
@@ -287,17 +314,34 @@ def hooked_vit_from_timm(cls, model_or_name, *, pretrained=True, checkpoint_path
 
 
 def read_sidecar(path: str | PathLike) -> dict:
-    """The JSON sidecar beside a checkpoint (``foo.safetensors`` -> ``foo.json``), or ``{}``."""
+    """The JSON sidecar beside a checkpoint (``foo.safetensors`` -> ``foo.json``), or ``{}``. Errors name the file."""
     sidecar = Path(path).with_suffix(".json")
-    return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    if not sidecar.is_file():
+        return {}
+    try:
+        side = json.loads(sidecar.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"invalid JSON sidecar {str(sidecar)!r}: {err}") from err
+    kinds = {"timm_model_name": str, "create_model_kwargs": dict, "class_names": list, "data_config": dict}
+    if not isinstance(side, dict):
+        raise ValueError(f"JSON sidecar {str(sidecar)!r} must hold an object with keys {sorted(kinds)}; got "
+                         f"{type(side).__name__}")
+    for key, kind in kinds.items():
+        if key in side and side[key] is not None and not isinstance(side[key], kind):
+            raise ValueError(f"JSON sidecar {str(sidecar)!r}: {key!r} must be a {kind.__name__}; got "
+                             f"{side[key]!r}")
+    return side
 
 
 def hooked_vit_from_checkpoint(cls, path, model_name=None, **kwargs):
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"file not found: {str(path)!r}" + (" (a directory)" if Path(path).is_dir() else ""))
     side = read_sidecar(path)
     name = model_name or side.get("timm_model_name")
     if not name:
         raise ValueError(f"model_name is required: no JSON sidecar with 'timm_model_name' beside {str(path)!r}")
-    timm_kwargs = {**side.get("create_model_kwargs", {}), **kwargs}
+    check_timm_name(name, "model_name" if model_name else f"'timm_model_name' in {str(Path(path).with_suffix('.json'))!r}")
+    timm_kwargs = {**(side.get("create_model_kwargs") or {}), **kwargs}
     return hooked_vit_from_timm(cls, name, pretrained=False, checkpoint_path=path,
                                 class_names=side.get("class_names"), data_config=side.get("data_config"),
                                 **timm_kwargs)
