@@ -88,7 +88,7 @@ def check_timm_name(name: Any, where: str = "model name") -> None:
 
     if not isinstance(name, str) or not name:
         raise TypeError(f"{where} must be a timm model name (str); got {name!r}")
-    if not timm.is_model(name):
+    if not timm.is_model(name) and ":" not in name:  # "hf-hub:..."/"local-dir:..." sources: timm checks them
         close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3, cutoff=0.6)
         raise ValueError(f"unknown timm model {name!r} ({where}); "
                          + (f"close matches: {', '.join(close)}" if close else "see timm.list_models()"))
