@@ -7,33 +7,7 @@ from PIL import Image
 
 from analysis.data import load_image_and_mask, load_manifest
 from analysis.evaluate import evaluate, format_table, summarize
-from analysis.grouping import attention_grouping, patch_membership
-from tests.conftest import make_hooked, random_images
-
-
-def test_patch_membership():
-    mask = torch.zeros(64, 64, dtype=torch.bool)
-    mask[0:16, 0:16] = True
-    mask[16:24, 16:32] = True  # half of patch (1, 1)
-    mask[32:36, 32:48] = True  # a quarter of patch (2, 2)
-    assert patch_membership(mask, (16, 16)).nonzero().flatten().tolist() == [0, 5]
-
-
-def test_attention_grouping_matches_explicit_sums():
-    model = make_hooked("dinov2_reg")  # 4x4 grid of 14 px, 5 prefix tokens
-    x = random_images(model, 1)
-    mask = torch.zeros(56, 56, dtype=torch.bool)
-    mask[:28, :28] = True  # patches (0..1, 0..1)
-    result = attention_grouping(model, x, mask)
-    _, cache = model.run_with_cache(x)
-    obj = [0, 1, 4, 5]
-    rest = [p for p in range(16) if p not in obj]
-    for layer in range(3):
-        pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]
-        intra = np.mean([[[pattern[h, 5 + i, 5 + j].item() for j in obj] for i in obj] for h in range(3)])
-        extra = np.mean([[[pattern[h, 5 + i, 5 + j].item() for j in rest] for i in obj] for h in range(3)])
-        assert result["intra"][layer].item() == pytest.approx(intra, abs=1e-6)
-        assert result["diff"][layer].item() == pytest.approx(intra - extra, abs=1e-6)
+from tests.conftest import make_hooked
 
 
 @pytest.fixture
