@@ -1,14 +1,39 @@
 """Resolve the class to explain for each image."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+ALLOWED = "None (the predicted class), an int class index, or one int class index per image"
+
+
+def _as_class_tensor(target) -> Tensor:
+    """Integer class indices as a long tensor; floats (3.7 would silently become 3), bools, strings and NaN
+    are refused."""
+    if isinstance(target, bool) or isinstance(target, (str, bytes)):
+        raise TypeError(f"target must be {ALLOWED}; got {target!r} ({type(target).__name__})")
+    if isinstance(target, numbers.Integral):
+        return torch.tensor([int(target)], dtype=torch.long)
+    if isinstance(target, numbers.Number):
+        raise TypeError(f"target must be {ALLOWED}; got {target!r} ({type(target).__name__}): class indices "
+                        f"are integers")
+    try:
+        tensor = torch.as_tensor(target)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"target must be {ALLOWED}; got {type(target).__name__} {target!r}") from err
+    if tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
+        raise TypeError(f"target must hold integer class indices; got dtype {tensor.dtype} "
+                        f"({tensor.reshape(-1)[:8].tolist()}{' ...' if tensor.numel() > 8 else ''})")
+    return tensor.reshape(-1).long()
+
 
 def resolve_targets(model, images: Float[Tensor, "batch chan height width"],
                     target: int | Tensor | None) -> Int[Tensor, "batch"]:
-    """None -> the predicted class; an int -> that class for every image; a tensor -> one class per image."""
+    """None -> the predicted class; an int -> that class for every image; a tensor/sequence of ints -> one
+    class per image."""
     n_classes, batch = model.cfg.num_classes, images.shape[0]
     if n_classes == 0:
         raise ValueError("this model has no classifier head (num_classes=0): pass score=<callable on the "
@@ -16,9 +41,7 @@ def resolve_targets(model, images: Float[Tensor, "batch chan height width"],
     if target is None:
         with torch.no_grad():  # not inference_mode: Grad-CAM differentiates through a gather on it
             return model(images).argmax(-1)
-    if isinstance(target, int):
-        target = torch.full((batch,), target, dtype=torch.long)
-    target = torch.as_tensor(target).reshape(-1).long()
+    target = _as_class_tensor(target)
     if target.numel() == 1 and batch > 1:
         target = target.expand(batch)
     if target.shape != (batch,):

@@ -15,10 +15,12 @@ def test_default_layers_follow_the_paper():
     assert CAAP(make_hooked("vit"), layers=range(1, 3)).layers == (1, 2)
 
 
-@pytest.mark.parametrize("layers,match", [((2, 1), "0 <= start <= end"), ((0, 3), "n_layers=3"),
-                                          ([0, 2, 1], "consecutive"), ("ab", "layers must be")])
-def test_bad_layers(layers, match):
-    with pytest.raises(ValueError, match=match):
+@pytest.mark.parametrize("layers,error,match", [((2, 1), ValueError, "0 <= start <= end"),
+                                                ((0, 3), ValueError, "n_layers=3"),
+                                                ([0, 2, 1], ValueError, "consecutive"),
+                                                ("ab", TypeError, "layers must be")])
+def test_bad_layers(layers, error, match):
+    with pytest.raises(error, match=match):
         CAAP(make_hooked("vit"), layers=layers)
 
 

@@ -29,7 +29,7 @@ def test_callable_selection():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(selection="circle"), "selection must be one of"),
-    (dict(selection="box", radius=-1), "radius must be a non-negative int"),
+    (dict(selection="box", radius=-1), r"radius must be an int >= 0; got -1"),
 ])
 def test_bad_selection(kwargs, match):
     with pytest.raises(ValueError, match=match):
