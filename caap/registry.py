@@ -17,6 +17,11 @@ _BUILTINS: dict[str, tuple[str, dict[str, Any]]] = {
     "grad-cam": ("caap.baselines.gradcam:GradCAM", {}),
     "simple-insertion": ("caap.baselines.input_perturbation:SimpleInsertion", {}),
     "simple-deletion": ("caap.baselines.input_perturbation:SimpleDeletion", {}),
+    "rollout": ("caap.baselines.rollout:AttentionRollout", {}),
+    "gae": ("caap.baselines.rollout:GAE", {}),
+    "ixg": ("caap.baselines.input_x_gradient:InputXGradient", {}),
+    "ixg+": ("caap.baselines.input_x_gradient:IxGPlus", {}),
+    "libra-ixg+": ("caap.baselines.input_x_gradient:LibraIxGPlus", {}),
 }
 _USER: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}
 

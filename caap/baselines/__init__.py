@@ -5,5 +5,9 @@ like :class:`caap.CAAP`; :mod:`caap.registry` names them.
 """
 from caap.baselines.gradcam import GradCAM
 from caap.baselines.input_perturbation import SimpleDeletion, SimpleInsertion
+from caap.baselines.input_x_gradient import InputXGradient, IxGPlus, LibraIxGPlus
+from caap.baselines.rollout import GAE, AttentionRollout
 
 __all__ = ["GradCAM", "SimpleDeletion", "SimpleInsertion"]
+__all__ += ["InputXGradient", "IxGPlus", "LibraIxGPlus"]
+__all__ += ["AttentionRollout", "GAE"]
