@@ -46,7 +46,9 @@ def run_loop(
         def edit(resid: Tensor, hook, block: int) -> Tensor:
             resid = resid.view(n_images, n_iv, n_pos, -1)
             tgt = target.resid_pre[block][:, None]  # [batch or 1, 1, pos, d]
-            if freeze_context:
+            if block == 0:  # the run starts from the target's block-0 input, whose hooks already fired
+                resid = tgt.expand_as(resid)
+            elif freeze_context:
                 resid = torch.where(frozen[None, :, :, None], tgt, resid)
             active = (starts[lo:hi] <= block) & (block <= ends[lo:hi])
             patch = in_set & active[:, None]
