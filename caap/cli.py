@@ -1,28 +1,202 @@
-"""``caap explain IMAGE``: print the top-5 classes and write a CAAP overlay."""
+"""``caap explain IMAGE``: print the top-5 classes and write a CAAP overlay.
+
+Every user error (unreadable image, bad ``--out``, unknown model, missing GPU, offline without
+``--weights``, ...) prints one line ``caap: ...`` on stderr and exits with status 2, and everything that
+can be checked without the model is checked before it loads. ``analysis.cli`` (the console script) reuses
+:func:`build_parser` / :func:`add_explain_arguments` and :func:`explain_main`.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
+import threading
 from pathlib import Path
+from urllib.parse import urlparse
 
 DEFAULT_MODEL = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+BLANKS = ("white", "black", "mean", "noisy", "blur_noisy")
+HUB_PROBE_TIMEOUT_S = 3.0  # a reachable hub answers a TCP connect well within this
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+logger = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """A user error: reported in one line, exit status 2."""
+
+
+# ------------------------------------------------------------------------------------------ arguments
+def add_explain_arguments(ex: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    ex.add_argument("image", type=Path)
+    ex.add_argument("--model", help=f"timm model name (default {DEFAULT_MODEL}; with --weights, the sidecar's)")
+    ex.add_argument("--weights", type=Path, help="local timm checkpoint (.safetensors/.pth), JSON sidecar beside it")
+    ex.add_argument("--target", help="class index or class name to explain (default: the predicted class)")
+    ex.add_argument("--out", help="file to write (.png unless another matplotlib suffix is given; no suffix: "
+                                  ".png is added); an existing directory or a path ending in '/' gets "
+                                  "IMAGE_caap.png inside it (default: IMAGE_caap.png beside the image)")
+    ex.add_argument("--engine", default="parallel", choices=["parallel", "efficient", "loop"])
+    ex.add_argument("--blank", default="white", choices=list(BLANKS),
+                    help="blank context; transparent pixels are composited onto its colour")
+    ex.add_argument("--layers", type=int, nargs=2, metavar=("START", "END"), help="patched blocks (inclusive)")
+    ex.add_argument("--device", default="cpu")
+    return ex
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caap", description="Causal Attribution via Activation Patching")
     sub = parser.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("explain", help="explain one image")
-    ex.add_argument("image", type=Path)
-    ex.add_argument("--model", help=f"timm model name (default {DEFAULT_MODEL}; with --weights, the sidecar's)")
-    ex.add_argument("--weights", type=Path, help="local timm checkpoint (.safetensors/.pth), JSON sidecar beside it")
-    ex.add_argument("--target", help="class index or class name to explain (default: the predicted class)")
-    ex.add_argument("--out", type=Path, help="overlay PNG to write (default: IMAGE_caap.png)")
-    ex.add_argument("--engine", default="parallel", choices=["parallel", "efficient", "loop"])
-    ex.add_argument("--blank", default="white", choices=["white", "black", "mean", "noisy", "blur_noisy"])
-    ex.add_argument("--layers", type=int, nargs=2, metavar=("START", "END"), help="patched blocks (inclusive)")
-    ex.add_argument("--device", default="cpu")
+    add_explain_arguments(sub.add_parser("explain", help="explain one image"))
     return parser
+
+
+# ------------------------------------------------------------------------------------------ image
+def read_image(path: Path):
+    """Decode the whole file now (so truncated files fail before the model loads), apply the EXIF
+    orientation, scale 16-bit greyscale to 8 bits (PIL would clip it to white). Returns an RGB image, or
+    RGBA when the file has transparency (see :func:`flatten_alpha`)."""
+    import numpy as np
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not path.exists():
+        raise UsageError(f"image not found: {str(path)!r}")
+    if not path.is_file():
+        raise UsageError(f"image {str(path)!r} is not a file")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise UsageError(f"cannot read image {str(path)!r}: {err}") from None
+    if image.mode in SIXTEEN_BIT_MODES:  # 16-bit greyscale PNG/TIFF ('I' is how PIL widens it)
+        values = np.asarray(image, dtype=np.float64) / 65535.0
+        image = Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        raise UsageError(f"cannot read image {str(path)!r}: 32-bit float pixels have no defined range; save "
+                         f"it as an 8- or 16-bit PNG")
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    return image.convert("RGBA" if has_alpha else "RGB")
+
+
+def flatten_alpha(image, colour: tuple[float, float, float]):
+    """Composite an RGBA image onto a plain ``colour`` (RGB in [0, 1]); RGB images pass unchanged."""
+    from PIL import Image
+
+    if image.mode != "RGBA":
+        return image
+    background = Image.new("RGBA", image.size, tuple(round(255 * c) for c in colour) + (255,))
+    return Image.alpha_composite(background, image).convert("RGB")
+
+
+def blank_colour(blank: str, mean: tuple[float, ...]) -> tuple[float, float, float]:
+    """The colour transparent pixels become: the blank's own colour, so they carry no more information than
+    the blank context (white, black, or the dataset mean colour that 'mean' and the noisy blanks centre on)."""
+    return {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}.get(blank, tuple(mean[:3]))
+
+
+# ------------------------------------------------------------------------------------------ output path
+def supported_suffixes() -> list[str]:
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted("." + ext for ext in FigureCanvasBase.get_supported_filetypes())
+
+
+def output_path(out: str | None, image: Path) -> Path:
+    """Where the overlay goes. None -> ``IMAGE_caap.png`` beside the image; an existing directory or a path
+    ending in a separator -> ``<dir>/IMAGE_caap.png``; no suffix -> ``.png`` added. Refuses suffixes
+    matplotlib cannot write and parents that are files or not writable (before the model loads)."""
+    name = f"{image.stem}_caap.png"
+    if out is None:
+        path = image.with_name(name)
+    elif out.endswith(("/", os.sep)) or Path(out).is_dir():
+        path = Path(out) / name
+    else:
+        path = Path(out)
+        if not path.suffix:
+            path = path.with_name(path.name + ".png")
+    if path.suffix.lower() not in supported_suffixes():
+        raise UsageError(f"--out {out!r}: cannot write {path.suffix!r} files; use one of "
+                         f"{', '.join(supported_suffixes())}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--out {out!r}: {str(parent)!r} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(f"--out {out!r}: directory {str(parent)!r} is not writable")
+            break
+    return path
+
+
+# ------------------------------------------------------------------------------------------ device, model
+def check_device(spec: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {spec!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: no CUDA GPU is available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are available")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"--device {spec}: MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {spec!r}: supported devices are cpu, cuda, cuda:N and mps")
+    return spec
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """A TCP connect to the Hugging Face endpoint (``HF_ENDPOINT``), or to the HTTPS proxy when one is set,
+    within ``timeout`` seconds (DNS included: the probe runs in a daemon thread)."""
+    from urllib.request import getproxies
+
+    url = urlparse(getproxies().get("https") or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        return True  # nothing to probe: let the download report its own error
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(ok)
+
+
+def fail_fast_offline() -> bool:
+    """huggingface_hub retries an unreachable hub for ~50 s before giving up. Unless the user set
+    ``HF_HUB_OFFLINE`` themselves, probe the hub once and, if it cannot be reached, switch huggingface_hub
+    to offline mode: cached weights still load, missing ones fail at once. Returns True when switched."""
+    if os.environ.get("HF_HUB_OFFLINE") is not None or hub_reachable():
+        return False
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hub_constants
+
+        hub_constants.HF_HUB_OFFLINE = True  # read at import time; is_offline_mode() reads this attribute
+    except ImportError:
+        pass
+    logger.info("Hugging Face Hub unreachable: using the local cache only (HF_HUB_OFFLINE=1)")
+    return True
+
+
+def load_model(args):
+    from vit_lens import HookedViT
+
+    if args.weights is not None:
+        return HookedViT.from_checkpoint(args.weights, model_name=args.model, device=args.device)
+    return HookedViT.from_timm(args.model or DEFAULT_MODEL, pretrained=True, device=args.device)
 
 
 def class_names(model) -> list[str]:
@@ -39,49 +213,52 @@ def class_names(model) -> list[str]:
 def resolve_target(spec: str | None, names: list[str]) -> int | None:
     if spec is None:
         return None
-    if spec.isdigit():
+    if spec.lstrip("-").isdigit():
         index = int(spec)
-        if index >= len(names):
-            raise ValueError(f"--target {index} is out of range: the model has {len(names)} classes")
+        if not 0 <= index < len(names):
+            raise UsageError(f"--target {index} is out of range: the model has {len(names)} classes "
+                             f"(0..{len(names) - 1})")
         return index
     matches = [i for i, n in enumerate(names) if n.lower() == spec.lower()] or \
               [i for i, n in enumerate(names) if spec.lower() in n.lower()]
     if len(matches) != 1:
-        raise ValueError(f"--target {spec!r} matches {len(matches)} class names; give an index or an exact name")
+        raise UsageError(f"--target {spec!r} matches {len(matches)} class names; give an index or an exact name")
     return matches[0]
 
 
-def load_model(args):
-    from vit_lens import HookedViT
+# ------------------------------------------------------------------------------------------ explain
+def _explain(args) -> int:
+    image = read_image(args.image)
+    out = output_path(args.out, args.image)
+    check_device(args.device)
+    if args.weights is not None and not args.weights.is_file():
+        raise UsageError(f"--weights: file not found: {str(args.weights)!r}")
+    from vit_lens.loading import check_timm_name
 
-    if args.weights is not None:
-        return HookedViT.from_checkpoint(args.weights, model_name=args.model, device=args.device)
-    return HookedViT.from_timm(args.model or DEFAULT_MODEL, pretrained=True, device=args.device)
-
-
-def explain(args) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import torch
-    from PIL import Image
-
-    from caap import CAAP
-    from caap.plot import compare, to_display
-
+    if args.model is not None:
+        check_timm_name(args.model, "--model")
+    name = args.model or DEFAULT_MODEL
+    offline = args.weights is None and fail_fast_offline()
     try:
         model = load_model(args)
     except RuntimeError as err:
         if "could not download" in str(err):
-            name = args.model or DEFAULT_MODEL
-            print(f"caap: cannot download weights for {name!r} (offline?); pass --weights FILE with a local "
-                  f"timm checkpoint", file=sys.stderr)
-            return 2
+            raise UsageError(f"cannot download weights for {name!r}"
+                             f"{' (the Hugging Face Hub is unreachable)' if offline else ' (offline?)'}; "
+                             f"pass --weights FILE with a local timm checkpoint") from None
         raise
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import torch
+
+    from caap import CAAP
+    from caap.plot import compare, to_display
+
     names = class_names(model)
     target = resolve_target(args.target, names)
-    image = Image.open(args.image).convert("RGB")
-    x = model.transform(image)[None].to(args.device)
+    x = model.transform(flatten_alpha(image, blank_colour(args.blank, model.cfg.mean)))[None].to(args.device)
     with torch.no_grad():
         probs = model(x).softmax(-1)[0]
     print(f"{args.image.name}: top-5 of {model.cfg.model_name or 'model'}")
@@ -89,22 +266,32 @@ def explain(args) -> int:
         print(f"  {rank}. {names[i]:<40s} {p.item():.3f}")
     target = int(probs.argmax()) if target is None else target
     attribution = CAAP(model, engine=args.engine, blank=args.blank, layers=args.layers).attribute(x, target)
-    out = args.out or args.image.with_name(args.image.stem + "_caap.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig = compare(to_display(model, x), {f"CAAP: {names[target]}": attribution}, size=4)
-    fig.savefig(out, dpi=100)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=100)
+    except OSError as err:
+        raise UsageError(f"cannot write --out {str(out)!r}: {err.strerror or err}") from None
     print(f"explained class {target} ({names[target]}, p={probs[target].item():.3f}); overlay written to {out}")
     return 0
+
+
+def explain_main(args: argparse.Namespace) -> int:
+    """Run ``explain`` on parsed arguments; user errors print one line on stderr and return 2."""
+    try:
+        return _explain(args)
+    except (UsageError, ValueError, FileNotFoundError) as err:
+        print("caap: " + " ".join(str(err).splitlines()), file=sys.stderr)
+        return 2
+
+
+explain = explain_main  # the name analysis.cli calls
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = build_parser().parse_args(argv)
-    try:
-        return explain(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"caap: {err}", file=sys.stderr)
-        return 2
+    return explain_main(args)
 
 
 if __name__ == "__main__":

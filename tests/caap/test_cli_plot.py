@@ -1,31 +1,14 @@
-import json
-
 import matplotlib
-import numpy as np
-import pytest
 import timm
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
+from caap import cli
 from caap.cli import main
 from caap.plot import compare, overlay, to_display
-from tests.conftest import FAMILIES, make_hooked, make_timm
+from tests.conftest import make_hooked
 
 matplotlib.use("Agg")
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    name, kwargs = FAMILIES["dinov2"]
-    save_file(make_timm("dinov2").state_dict(), str(tmp_path / "tiny.safetensors"))
-    (tmp_path / "tiny.json").write_text(json.dumps({
-        "timm_model_name": name, "create_model_kwargs": kwargs, "class_names": [f"class_{i}" for i in range(7)],
-        "data_config": {"crop_pct": 1.0, "crop_mode": "squash", "interpolation": "bicubic",
-                        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}))
-    image = tmp_path / "photo.png"
-    Image.fromarray((np.random.default_rng(0).random((80, 90, 3)) * 255).astype("uint8")).save(image)
-    return tmp_path / "tiny.safetensors", image
 
 
 def test_explain_offline_with_local_weights(checkpoint, tmp_path, capsys):
@@ -40,6 +23,7 @@ def test_explain_offline_with_local_weights(checkpoint, tmp_path, capsys):
 
 def test_explain_reports_missing_download_in_one_line(checkpoint, monkeypatch, capsys):
     _, image = checkpoint
+    monkeypatch.setattr(cli, "hub_reachable", lambda *a, **k: True)  # the download itself fails
 
     def offline(*args, **kwargs):
         raise OSError("hub unreachable")
