@@ -191,6 +191,25 @@ def fail_fast_offline() -> bool:
     return True
 
 
+def weights_in_cache(name: str) -> bool | None:
+    """Whether the Hugging Face cache holds ``name``'s pretrained weights (any file timm would load); None
+    when it cannot tell (weights from a URL or a file, unknown tag): then timm itself decides."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+        if cfg is None or not cfg.hf_hub_id:
+            return None
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else [
+            "model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        return any(isinstance(try_to_load_from_cache(repo, f, revision=revision or None), str) for f in files)
+    except Exception as err:  # best effort: never block a load on this check
+        logger.debug("weights_in_cache(%r) failed: %s", name, err)
+        return None
+
+
 def load_model(args):
     from vit_lens import HookedViT
 
@@ -239,6 +258,9 @@ def _explain(args) -> int:
         check_timm_name(args.model, "--model")
     name = args.model or DEFAULT_MODEL
     offline = args.weights is None and fail_fast_offline()
+    if offline and weights_in_cache(name) is False:  # fail before building the model (seconds for ViT-B)
+        raise UsageError(f"cannot download weights for {name!r} (the Hugging Face Hub is unreachable and they "
+                         f"are not in the local cache); pass --weights FILE with a local timm checkpoint")
     try:
         model = load_model(args)
     except RuntimeError as err:

@@ -98,9 +98,11 @@ def test_user_errors_after_the_model_loads(argv, pattern, checkpoint, capsys):
     assert re.search(pattern, err), err
 
 
-def test_offline_known_model_fails_fast_without_network(checkpoint, tmp_path, monkeypatch, capsys):
-    """The hub probe fails -> huggingface_hub offline mode -> timm's real download path fails at once
-    (instead of ~50 s of retries); no socket is opened."""
+@pytest.mark.parametrize("cache_check", [True, False], ids=["cache checked first", "timm's own download path"])
+def test_offline_known_model_fails_fast_without_network(cache_check, checkpoint, tmp_path, monkeypatch, capsys):
+    """The hub probe fails -> huggingface_hub offline mode -> the weights are not in the (empty) cache: one
+    line at once, without building the model; and if the cache check cannot tell, timm's real download path
+    fails at once too (instead of ~50 s of retries). No socket is opened."""
     _, image = checkpoint
 
     def no_network(*args, **kwargs):
@@ -108,13 +110,30 @@ def test_offline_known_model_fails_fast_without_network(checkpoint, tmp_path, mo
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty_hf_cache"))
+    built = []
+    real_create = timm.create_model
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: built.append(a) or real_create(*a, **k))
+    if not cache_check:
+        monkeypatch.setattr(cli, "weights_in_cache", lambda name: None)
     start = time.perf_counter()
     code, _, err = run(["explain", image, "--model", "vit_tiny_patch16_224"], capsys)
     elapsed = time.perf_counter() - start
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "'vit_tiny_patch16_224'" in err and "unreachable" in err and "--weights" in err
     assert hub_constants.HF_HUB_OFFLINE is True
+    assert bool(built) is not cache_check
     assert elapsed < 20  # building ViT-Ti takes ~1 s; the retries it replaces took ~50 s
+
+
+def test_weights_in_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
+    assert cli.weights_in_cache("vit_tiny_patch16_224") is False
+    snapshot = tmp_path / "models--timm--vit_tiny_patch16_224.augreg_in21k_ft_in1k" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"x")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc")
+    assert cli.weights_in_cache("vit_tiny_patch16_224") is True
 
 
 def test_hub_probe(monkeypatch):
