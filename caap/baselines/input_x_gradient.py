@@ -1,11 +1,16 @@
 """Input x Gradient on the patch tokens, IxG+ (SkipPLUS) and Libra IxG+ (LibraGrad).
 
 Facts from the authors' code (NightMachinery/decompv-libragrad-v1 with its timm fork
-pytorch-image-models-libragrad-v1): IxG is taken on the tokens fed to the blocks (patch embedding plus
-position embedding, before CLIP's ``norm_pre``), IxG+ sums the channel-summed IxG of every block's input
-from block ``L // 2`` on (their ``CAT_s:sum_sum_f{L//2}``), and the explained score is the softmax
-probability of the target class (their default ``softmax_mode="S1"``; ``score="logit"`` is offered).
-All three cost one forward and one backward per batch.
+pytorch-image-models-libragrad-v1): IxG is taken on the tokens fed to the first block (their
+``blocks__0__CAT``), IxG+ sums the channel-summed IxG of every block's input from block ``L // 2`` on
+(their ``CAT_s:sum_sum_f{L//2}``), and the explained score is the softmax probability of the target
+class (their default ``softmax_mode="S1"``; ``score="logit"`` is offered). All three cost one forward
+and one backward per batch.
+
+One named deviation: for CLIP towers (``ln_pre``) the reference takes IxG *before* ``norm_pre``. IxG on
+the input of a LayerNorm vanishes (LN is scale invariant, so ``sum_d x_d df/dx_d = 0`` up to its eps by
+Euler's theorem), so we take the tokens entering block 0, after ``ln_pre``; identical for every other
+family.
 """
 from __future__ import annotations
 
@@ -91,7 +96,7 @@ def libra_hooks(model, rules: tuple[str, ...] = LIBRA_RULES) -> list[Hook]:
 class _TokenInputXGradient:
     """Channel-summed input x gradient of the target score on patch tokens, summed over sites."""
 
-    def __init__(self, model, layers: list[int] | None, rules: tuple[str, ...], score: str):
+    def __init__(self, model, layers: list[int], rules: tuple[str, ...], score: str):
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}; got {score!r}")
         if isinstance(rules, str):
@@ -116,20 +121,13 @@ class _TokenInputXGradient:
         def keep(act, hook):
             acts[hook.name] = act
 
-        sites = ["hook_embed", "hook_pos_embed"] if self.layers is None else \
-            [f"blocks.{l}.hook_resid_pre" for l in self.layers]
+        sites = [f"blocks.{l}.hook_resid_pre" for l in self.layers]
         with model.hooks(fwd_hooks=[(name, keep) for name in sites] + libra_hooks(model, self.rules)):
             logits = model(images)
         scores = logits.softmax(-1) if self.score == "prob" else logits
-        score = scores.gather(1, targets[:, None]).sum()
-        if self.layers is None:  # tokens entering the blocks: patch embedding + position embedding
-            grad = torch.autograd.grad(score, acts["hook_embed"])[0]
-            tokens = acts["hook_embed"].detach() + acts["hook_pos_embed"].detach()[:, -n_patches:]
-            total = (tokens * grad).sum(-1)
-        else:
-            grads = torch.autograd.grad(score, [acts[name] for name in sites])
-            total = sum((acts[name].detach()[:, -n_patches:] * g[:, -n_patches:]).sum(-1)
-                        for name, g in zip(sites, grads))
+        grads = torch.autograd.grad(scores.gather(1, targets[:, None]).sum(), [acts[name] for name in sites])
+        total = sum((acts[name].detach()[:, -n_patches:] * g[:, -n_patches:]).sum(-1)
+                    for name, g in zip(sites, grads))
         return model.layout.to_grid(total)
 
 
@@ -143,12 +141,13 @@ def _skip_layers(model, start_layer: int | None) -> list[int]:
 
 
 class InputXGradient(_TokenInputXGradient):
-    """IxG: ``sum_d t_{p,d} * dS/dt_{p,d}`` for the tokens ``t`` entering the blocks (patch embedding plus
-    position embedding, before CLIP's ``norm_pre``), ``S`` the target's softmax probability (``score``:
-    ``"prob"`` default as in the LibraGrad code, or ``"logit"``). One forward, one backward."""
+    """IxG on tokens: ``sum_d t_{p,d} * dS/dt_{p,d}`` for the patch tokens ``t`` entering block 0
+    (``blocks.0.hook_resid_pre``: patch plus position embedding, after CLIP's ``ln_pre``), ``S`` the
+    target's softmax probability (``score``: ``"prob"`` default as in the LibraGrad code, or ``"logit"``).
+    One forward, one backward."""
 
     def __init__(self, model, score: Literal["prob", "logit"] = "prob"):
-        super().__init__(model, None, (), score)
+        super().__init__(model, [0], (), score)
 
 
 class IxGPlus(_TokenInputXGradient):
