@@ -13,6 +13,7 @@ from vit_lens.patching.interventions import Intervention, validate_interventions
 from vit_lens.patching.loop import run_loop
 from vit_lens.patching.parallel import DEFAULT_MEMORY_BUDGET_GB, check_parallel_supported, run_parallel
 from vit_lens.patching.readouts import ClassScore, Readout
+from vit_lens.validation import check_finite, check_int, check_positive_real
 
 Engine = Literal["loop", "parallel", "efficient"]
 ENGINES = ("loop", "parallel", "efficient")
@@ -44,8 +45,16 @@ def run_patching(
     (E-CAAP approximation of the parallel engine). ``frozen_attention`` overrides how the parallel
     engines attend to frozen tokens (e.g. ``PrecomputedFrozenAttention(exact_patch_queries=False)``).
     """
-    if engine not in ENGINES:
+    from vit_lens.hooked_vit import HookedViT
+
+    if not isinstance(model, HookedViT):
+        raise TypeError(f"model must be a HookedViT; got {type(model).__name__} (port a timm ViT with "
+                        f"HookedViT.from_timm(model))")
+    if not isinstance(engine, str) or engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}; got {engine!r}")
+    if chunk_size is not None:
+        check_int(chunk_size, "chunk_size", minimum=1)
+    check_positive_real(memory_budget_gb, "memory_budget_gb")
     validate_interventions(model.cfg, interventions)
     if engine != "loop":
         check_parallel_supported(model.cfg, freeze_context)
@@ -55,6 +64,9 @@ def run_patching(
             raise ValueError(f"{name} is required when no precomputed cache is given")
         if images is not None:
             model.check_images(images, name)
+            if images.shape[0] == 0:
+                raise ValueError(f"{name} is an empty batch (shape {tuple(images.shape)}); pass at least one image")
+            check_finite(images, name)
     if source_cache is None:
         source_cache = cache_context(model, source_images)
     if target_cache is None:
@@ -67,10 +79,23 @@ def run_patching(
             with torch.inference_mode():
                 logits = model.forward_from_resid(source_cache.resid_pre[0], 0)
             target_classes = logits.argmax(-1)
-        readout = ClassScore(torch.as_tensor(target_classes).reshape(-1))
+        readout = ClassScore(_check_target_classes(target_classes, source_cache.batch))
     if engine == "loop":
         return run_loop(model, source_cache, target_cache, interventions, readout,
                         freeze_context=freeze_context, chunk_size=chunk_size or 16, progress=progress)
     frozen = frozen_attention or (ExactFrozenAttention() if engine == "parallel" else PrecomputedFrozenAttention())
     return run_parallel(model, source_cache, target_cache, interventions, readout, frozen_attention=frozen,
                         chunk_size=chunk_size, memory_budget_gb=memory_budget_gb, progress=progress)
+
+
+def _check_target_classes(target_classes, batch: int) -> Int[Tensor, "batch"]:
+    """One integer class per source image (a tensor, list or int); floats and bools are refused."""
+    classes = torch.as_tensor(target_classes)
+    if classes.dtype == torch.bool or classes.is_floating_point() or classes.is_complex():
+        raise TypeError(f"target_classes must hold integer class indices; got dtype {classes.dtype}")
+    classes = classes.reshape(-1)
+    if classes.numel() == 1:
+        classes = classes.expand(batch)
+    if classes.shape != (batch,):
+        raise ValueError(f"target_classes must have one class per source image ({batch}); got {classes.numel()}")
+    return classes

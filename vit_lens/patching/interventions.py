@@ -1,6 +1,7 @@
 """Interventions of the frozen-context patching experiment, validated and packed as padded tensors."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -21,7 +22,11 @@ class Intervention:
 
     @classmethod
     def from_patches(cls, layout, patch_indices: Iterable[int], layer_start: int, layer_end: int) -> "Intervention":
-        return cls(tuple(layout.token_position(int(i)) for i in patch_indices), layer_start, layer_end)
+        indices = [i.item() if isinstance(i, Tensor) and i.numel() == 1 else i for i in patch_indices]
+        not_int = [i for i in indices if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
+        if not_int:
+            raise TypeError(f"patch_indices must be integer patch indices; got {not_int}")
+        return cls(tuple(layout.token_position(int(i)) for i in indices), layer_start, layer_end)
 
 
 def validate_interventions(cfg, interventions: Sequence[Intervention]) -> None:
@@ -33,6 +38,15 @@ def validate_interventions(cfg, interventions: Sequence[Intervention]) -> None:
     for k, iv in enumerate(interventions):
         if not isinstance(iv, Intervention):
             raise TypeError(f"interventions[{k}] must be an Intervention; got {type(iv).__name__}")
+        for field_name in ("layer_start", "layer_end"):
+            value = getattr(iv, field_name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"interventions[{k}].{field_name} must be an int; got {value!r}")
+        if not isinstance(iv.positions, (tuple, list)):
+            raise TypeError(f"interventions[{k}].positions must be a tuple of ints; got {type(iv.positions).__name__}")
+        not_int = [p for p in iv.positions if isinstance(p, bool) or not isinstance(p, numbers.Integral)]
+        if not_int:
+            raise TypeError(f"interventions[{k}].positions must be ints; got {not_int}")
         if len(iv.positions) == 0:
             raise ValueError(f"interventions[{k}].positions is empty")
         bad = [p for p in iv.positions if not lo <= p < hi]
