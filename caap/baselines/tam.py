@@ -1,0 +1,98 @@
+"""Transition Attention Maps (TAM; Yuan, Li, Xiong, Cao & Dou, NeurIPS-W XAI4Debugging 2021).
+
+The CLS token's information flow is a Markov chain over the tokens: the state starts as the head-averaged
+last-block attention row of CLS, ``s = mean_h A_L[CLS, :]``, and moves backwards through the blocks
+``l = L-1, ..., start_layer`` (1-based: every block below the last from ``start_layer`` up) with the
+residual connection, ``s <- s (mean_h A_l + I)`` (not renormalized). The state is weighted by the
+integrated gradient of the target logit w.r.t. the last block's attention,
+``W = relu(mean_{alpha} dlogit/dA_L(alpha * x))`` head-averaged on the CLS row, with ``alpha`` in
+``linspace(0, 1, steps)`` (the zero baseline in normalized pixel space, both ends included, plain mean);
+the map is ``s * W`` over the patch columns (register columns dropped).
+
+Follows XianrenYty/Transition_Attention_Maps (``baselines/ViT/interpret_methods.py``,
+``transition_attention_maps`` with its evaluation defaults ``start_layer=4``, ``steps=20``,
+``with_integral=True``, ``first_state=False``). Here ``start_layer`` is 0-based like theirs; ``None`` means
+4, or the last block for models with at most 4 blocks. ``global_pool="avg"`` is refused (the chain
+starts from the CLS row).
+
+Cost per batch: ``steps`` forwards (the ``alpha = 1`` one also caches the attention of every block) and
+``steps`` backwards through the last block and the head only (the blocks below run without a graph).
+"""
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from caap.baselines.lrp import refuse_avg_pooling, targets_before_forward
+
+DEFAULT_START_LAYER = 4  # the authors' evaluation scripts (12-block ViT-B/16)
+
+
+class TransitionAttentionMaps:
+    """TAM: the CLS Markov-chain state over the attention, weighted by the integrated attention gradient.
+
+    Options: ``start_layer`` (None -> 4, or the last block if the model has at most 4 blocks),
+    ``steps`` (integration points, default 20, at least 2). Cost: ``steps`` forwards and ``steps``
+    last-block backwards per batch.
+    """
+
+    def __init__(self, model, start_layer: int | None = None, steps: int = 20):
+        n_layers = model.cfg.n_layers
+        if start_layer is None:
+            start_layer = min(DEFAULT_START_LAYER, n_layers - 1)
+        if not isinstance(start_layer, int) or not 0 <= start_layer < n_layers:
+            raise ValueError(f"start_layer must be an int in [0, {n_layers}) or None; got {start_layer!r}")
+        if not isinstance(steps, int) or steps < 2:
+            raise ValueError(f"steps must be an int >= 2 (alpha = linspace(0, 1, steps) must reach the image); "
+                             f"got {steps!r}")
+        self.model, self.start_layer, self.steps = model, start_layer, steps
+
+    def attribute(self, images: Float[Tensor, "batch chan height width"],
+                  target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
+        refuse_avg_pooling(self.model, "TAM")
+        with torch.inference_mode(False), torch.enable_grad():  # also works when called under inference_mode
+            states, weights = self.state_and_weights(images.detach().clone(), target)
+        return self.model.layout.to_grid((states * weights)[:, self.model.cfg.n_prefix_tokens:])
+
+    def state_and_weights(self, images: Tensor, target) -> tuple[Float[Tensor, "batch pos"], Float[Tensor, "batch pos"]]:
+        """The chain state ``s`` and the integrated-gradient weights ``W`` over all tokens."""
+        model, last = self.model, self.model.cfg.n_layers - 1
+        targets = targets_before_forward(model, images, target)
+        total, patterns = None, None
+        for alpha in torch.linspace(1, 0, self.steps, dtype=torch.float64).tolist():  # alpha = 1 first
+            grad, step_patterns, targets = self._step(images * alpha, targets, keep_all=patterns is None)
+            patterns = step_patterns if patterns is None else patterns
+            total = grad if total is None else total + grad
+        weights = (total / self.steps).clamp(min=0).mean(1)[:, 0]
+        state = patterns[last].mean(1)[:, 0]
+        for l in range(last - 1, self.start_layer - 1, -1):
+            state = (state[:, None] @ patterns[l].mean(1))[:, 0] + state
+        return state, weights
+
+    def _step(self, scaled: Tensor, targets: Tensor | None, keep_all: bool):
+        """One integration point: gradient of the target logit w.r.t. the last block's attention
+        ``[batch, head, pos, pos]``, the attention of every block when ``keep_all``, and the targets
+        (the predicted classes when ``targets`` is None)."""
+        model, last = self.model, self.model.cfg.n_layers - 1
+        kept: dict[int, Tensor] = {}
+
+        def keep(layer):
+            def hook(pattern, hook):
+                if layer == last:  # a leaf: the backward stops at the last block's attention
+                    pattern = pattern.detach().requires_grad_(True)
+                kept[layer] = pattern
+                return pattern
+            return hook
+
+        layers = range(model.cfg.n_layers) if keep_all else [last]
+        with model.hooks(fwd_hooks=[(f"blocks.{l}.attn.hook_pattern", keep(l)) for l in layers]):
+            with torch.no_grad():
+                resid = model.embed(scaled)
+                for block in model.blocks[:last]:
+                    resid = block(resid)
+            logits = model.forward_from_resid(resid, last)
+        if targets is None:
+            targets = logits.detach().argmax(-1)
+        grad = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), kept[last])[0]
+        return grad, {l: p.detach() for l, p in kept.items()}, targets
