@@ -17,6 +17,8 @@ _BUILTINS: dict[str, tuple[str, dict[str, Any]]] = {
     "grad-cam": ("caap.baselines.gradcam:GradCAM", {}),
     "simple-insertion": ("caap.baselines.input_perturbation:SimpleInsertion", {}),
     "simple-deletion": ("caap.baselines.input_perturbation:SimpleDeletion", {}),
+    "t-attr": ("caap.baselines.lrp:TransformerAttribution", {}),
+    "tam": ("caap.baselines.tam:TransitionAttentionMaps", {}),
     "rollout": ("caap.baselines.rollout:AttentionRollout", {}),
     "gae": ("caap.baselines.rollout:GAE", {}),
     "ixg": ("caap.baselines.input_x_gradient:InputXGradient", {}),

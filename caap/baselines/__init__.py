@@ -5,9 +5,12 @@ like :class:`caap.CAAP`; :mod:`caap.registry` names them.
 """
 from caap.baselines.gradcam import GradCAM
 from caap.baselines.input_perturbation import SimpleDeletion, SimpleInsertion
+from caap.baselines.lrp import TransformerAttribution
+from caap.baselines.tam import TransitionAttentionMaps
 from caap.baselines.input_x_gradient import InputXGradient, IxGPlus, LibraIxGPlus
 from caap.baselines.rollout import GAE, AttentionRollout
 
 __all__ = ["GradCAM", "SimpleDeletion", "SimpleInsertion"]
+__all__ += ["TransformerAttribution", "TransitionAttentionMaps"]
 __all__ += ["InputXGradient", "IxGPlus", "LibraIxGPlus"]
 __all__ += ["AttentionRollout", "GAE"]
