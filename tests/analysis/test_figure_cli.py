@@ -74,10 +74,10 @@ def test_grouping_writes_png_csv_json(setup, tmp_path, capsys):
 
 
 def test_layer_blank_selection_figures(setup, tmp_path):
-    opts = common(setup, tmp_path, "--n-steps", "2", "--split", "single")
+    opts = common(setup, tmp_path, "--n-steps", "2", "--split", "single", "--n", "1")
     assert run(["layers", *opts, "--ends", "0", "2"]) == 0
     summary = json.loads((tmp_path / "layers.json").read_text())
-    assert list(summary) == ["0..0", "0..2"] and summary["0..0"]["deletion"][2] == 2
+    assert list(summary) == ["0..0", "0..2"] and summary["0..0"]["deletion"][2] == 1
     assert run(["blanks", *opts, "--blanks", "white", "black"]) == 0
     assert list(json.loads((tmp_path / "blanks.json").read_text())) == ["white", "black"]
     assert run(["selection", *opts, "--variants", "none", "box-r1"]) == 0
@@ -85,7 +85,7 @@ def test_layer_blank_selection_figures(setup, tmp_path):
         assert (tmp_path / f"{name}.png").is_file() and (tmp_path / f"{name}.csv").is_file()
     # a second run with other settings into the same directory is refused
     with pytest.raises(ValueError, match="other settings"):
-        run(["blanks", *common(setup, tmp_path, "--n-steps", "3", "--split", "single"), "--blanks", "white"])
+        run(["blanks", *common(setup, tmp_path, "--n-steps", "3", "--split", "single", "--n", "1"), "--blanks", "white"])
     with pytest.raises(ValueError, match="out of range"):
         run(["layers", *opts, "--ends", "5"])
 
