@@ -278,6 +278,10 @@ def _explain(args) -> int:
     from caap import CAAP
     from caap.plot import compare, to_display
 
+    if model.cfg.num_classes == 0:
+        raise UsageError(f"model {model.cfg.model_name or str(args.weights)!r} has no classifier head "
+                         f"(num_classes=0): caap explain needs class scores; use the Python API, "
+                         f"CAAP(model, score=<callable on the embedding>)")
     names = class_names(model)
     target = resolve_target(args.target, names)
     x = model.transform(flatten_alpha(image, blank_colour(args.blank, model.cfg.mean)))[None].to(args.device)

@@ -1,6 +1,7 @@
 """`caap explain` on bad input: one line on stderr, exit status 2, no traceback, and the model is not loaded
 when the input can be checked without it (issue 13, item 3). Also the documented behaviours: 16-bit PNGs,
 alpha, EXIF orientation, --out directories and suffixes. Never touches the network."""
+import json
 import re
 import socket
 import time
@@ -12,9 +13,11 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from caap import cli
 from caap.cli import main
+from tests.conftest import FAMILIES, make_timm
 
 matplotlib.use("Agg")
 
@@ -96,6 +99,16 @@ def test_user_errors_after_the_model_loads(argv, pattern, checkpoint, capsys):
     code, _, err = run(["explain", image, "--weights", weights, *argv], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert re.search(pattern, err), err
+
+
+def test_headless_model_is_refused(tmp_path, capsys):
+    name, kwargs = FAMILIES["clip_headless"]
+    save_file(make_timm("clip_headless").state_dict(), str(tmp_path / "clip.safetensors"))
+    (tmp_path / "clip.json").write_text(json.dumps({"timm_model_name": name, "create_model_kwargs": kwargs}))
+    image = tmp_path / "p.png"
+    Image.fromarray(np.zeros((70, 70, 3), np.uint8)).save(image)
+    code, _, err = run(["explain", image, "--weights", tmp_path / "clip.safetensors"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no classifier head" in err, err
 
 
 @pytest.mark.parametrize("cache_check", [True, False], ids=["cache checked first", "timm's own download path"])
