@@ -1,9 +1,16 @@
-"""Benchmark attribution methods on image + mask samples: resumable JSONL results and summary tables."""
+"""Score attribution methods on samples under the paper's protocol: resumable JSONL rows and summary tables.
+
+One row per (sample, method): the explained class, the prediction, whether it is correct, the protocol
+(``target`` rule, ``only_correct``, curve steps), Deletion / Insertion AUC with their curves, and AUPR1 /
+AUPR0 / Pointing Game when the sample has a mask (``None`` otherwise: skipped, never faked).
+"""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -12,14 +19,36 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analysis.data import Sample, load_image_and_mask
-from analysis.metrics import auc, aupr, perturbation_curves, pointing_game
+from analysis.data import Sample, load_sample
+from analysis.metrics import aupr, auc, check_finite, perturbation_curves, pointing_game
+
+log = logging.getLogger(__name__)
 
 Method = Callable[[Float[Tensor, "1 chan H W"], Int[Tensor, "1"]], Float[Tensor, "1 h w"]]
-METRICS = ("deletion", "insertion", "ins_del", "aupr1", "aupr0", "pointing_game")
+FAITHFULNESS = ("deletion", "insertion", "ins_del")
+LOCALIZATION = ("aupr1", "aupr0", "pointing_game")
+METRICS = FAITHFULNESS + LOCALIZATION
 LOWER_IS_BETTER = {"deletion"}
 HEADERS = {"deletion": "Del ↓", "insertion": "Ins ↑", "ins_del": "Ins−Del ↑", "aupr1": "AUPR₁ ↑",
            "aupr0": "AUPR₀ ↑", "pointing_game": "PG ↑"}
+TARGETS = ("predicted", "label")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The settings that change a row's numbers. ``target``: explain the ``"predicted"`` class (default, as
+    RISE and ``CAAP.attribute``) or the ``"label"``; ``only_correct``: skip misclassified images (their rows
+    say so); ``pixels_per_step`` (default: the image width, RISE) or ``n_steps`` (quick runs)."""
+    target: str = "predicted"
+    only_correct: bool = False
+    pixels_per_step: int | None = None
+    n_steps: int | None = None
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}; got {self.target!r}")
+        if self.pixels_per_step is not None and self.n_steps is not None:
+            raise ValueError("give pixels_per_step or n_steps, not both")
 
 
 def default_methods(model) -> dict[str, Method]:
@@ -32,80 +61,177 @@ def default_methods(model) -> dict[str, Method]:
     return {name: m.attribute for name, m in methods.items()}
 
 
-def _done(results_path: Path) -> set[tuple[str, str]]:
-    if not results_path.is_file():
-        return set()
-    with open(results_path) as f:
-        return {(r["sample"], r["method"]) for r in map(json.loads, filter(str.strip, f))}
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a JSONL file; a torn last line (an interrupted write) is dropped with a warning and cut
+    from the file, so later appends start on a fresh line. A bad line elsewhere is an error."""
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    rows, good_bytes = [], 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            good_bytes += len(line) + (1 if i < len(lines) - 1 else 0)
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1 or all(not rest.strip() for rest in lines[i + 1:]):
+                log.warning("%s: dropping a torn last line (%d bytes) from an interrupted run", path, len(line))
+                with open(path, "r+b") as f:
+                    f.truncate(good_bytes)
+                return rows
+            raise ValueError(f"{path}: line {i + 1} is not JSON; the results file is corrupt") from None
+        good_bytes += len(line) + (1 if i < len(lines) - 1 else 0)
+    if raw and not raw.endswith(b"\n"):
+        with open(path, "ab") as f:
+            f.write(b"\n")
+    return rows
+
+
+def score_attribution(model, image: Float[Tensor, "1 chan H W"], attribution: Float[Tensor, "1 h w"],
+                      target: int, mask=None, ignore=None, *, protocol: Protocol = Protocol(),
+                      memory_budget_gb: float = 1.0, curves: bool = True, batch_size: int | None = None) -> dict:
+    """Every metric of one map: Deletion / Insertion AUC (and their curves when ``curves``), Ins−Del, and
+    AUPR1 / AUPR0 / Pointing Game when ``mask`` is given and holds both foreground and background (else
+    ``None``). Cost: 2 curves of ``points`` forwards each."""
+    check_finite(attribution)
+    cls = torch.tensor([target])
+    steps = dict(pixels_per_step=protocol.pixels_per_step, n_steps=protocol.n_steps, memory_budget_gb=memory_budget_gb,
+                 batch_size=batch_size)
+    dele = perturbation_curves(model, image, attribution, cls, mode="deletion", **steps)
+    ins = perturbation_curves(model, image, attribution, cls, mode="insertion", **steps)
+    d, i = float(auc(dele)[0]), float(auc(ins)[0])
+    row = {"deletion": d, "insertion": i, "ins_del": i - d, "aupr1": None, "aupr0": None, "pointing_game": None}
+    if mask is not None:
+        keep = mask if ignore is None else mask[~ignore]
+        if keep.any() and not keep.all():
+            row["aupr1"], row["aupr0"] = aupr(attribution[0].cpu(), mask, ignore)
+            row["pointing_game"] = float(pointing_game(attribution[0].cpu(), mask, ignore))
+        else:
+            row["mask_note"] = "mask empty or full after the transform: localization skipped"
+    if curves:
+        row["curves"] = {"deletion": dele[0].tolist(), "insertion": ins[0].tolist()}
+    return row
 
 
 def evaluate(model, methods: Mapping[str, Method], samples: Sequence[Sample], results_path: str | Path, *,
-             target: str = "label", only_correct: bool = False, n_steps: int = 32, progress: bool = True) -> list[dict]:
-    """Score every (sample, method) pair not yet in ``results_path`` (one JSON line each, appended as it
-    is computed, so an interrupted run resumes). ``target``: ``"label"`` or ``"predicted"``;
-    ``only_correct`` skips images the model gets wrong. Returns all records in the file."""
-    if target not in ("label", "predicted"):
-        raise ValueError(f"target must be 'label' or 'predicted'; got {target!r}")
+             target: str = "predicted", only_correct: bool = False, n_steps: int | None = None,
+             pixels_per_step: int | None = None, progress: bool = True, curves: bool = False,
+             memory_budget_gb: float = 1.0) -> list[dict]:
+    """Score every (sample, method) pair not yet in ``results_path`` (one JSON line each, appended as
+    computed, so an interrupted run resumes). Rows computed under another :class:`Protocol` are refused.
+    Returns all rows in the file."""
+    protocol = Protocol(target, only_correct, pixels_per_step, n_steps)
     results_path = Path(results_path)
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    done = _done(results_path)
+    rows = read_rows(results_path)
+    for r in rows:
+        if r.get("protocol") != asdict(protocol):
+            raise ValueError(f"{results_path} holds rows computed with protocol {r.get('protocol')}, not "
+                             f"{asdict(protocol)}; use another results file")
+    done = {(r["sample"], r["method"]) for r in rows}
     with open(results_path, "a") as out:
         for sample in tqdm(samples, disable=not progress, desc="evaluate"):
             todo = [name for name in methods if (sample.name, name) not in done]
             if not todo:
                 continue
-            x, mask = load_image_and_mask(model, sample)
-            with torch.no_grad():
-                predicted = int(model(x).argmax(-1))
-            if only_correct and predicted != sample.label:
-                continue
-            cls = torch.tensor([sample.label if target == "label" else predicted])
-            for name in todo:
-                start = time.perf_counter()
-                attribution = methods[name](x, cls)
-                seconds = time.perf_counter() - start
-                deletion = auc(perturbation_curves(model, x, attribution, cls, mode="deletion", n_steps=n_steps))
-                insertion = auc(perturbation_curves(model, x, attribution, cls, mode="insertion", n_steps=n_steps))
-                aupr1, aupr0 = aupr(attribution[0], mask)
-                record = {"sample": sample.name, "method": name, "target": int(cls), "predicted": predicted,
-                          "label": sample.label, "deletion": float(deletion), "insertion": float(insertion),
-                          "ins_del": float(insertion - deletion), "aupr1": aupr1, "aupr0": aupr0,
-                          "pointing_game": float(pointing_game(attribution[0], mask)), "seconds": seconds}
-                out.write(json.dumps(record) + "\n")
+            for row in score_sample(model, methods, todo, sample, protocol, curves=curves,
+                                    memory_budget_gb=memory_budget_gb):
+                out.write(json.dumps(row) + "\n")
                 out.flush()
-    with open(results_path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_rows(results_path)
+
+
+def score_sample(model, methods: Mapping[str, Method], todo: Sequence[str], sample: Sample, protocol: Protocol, *,
+                 curves: bool = True, memory_budget_gb: float = 1.0, autocast=None, batch_size: int | None = None):
+    """Yield one row per method of ``todo`` for ``sample``."""
+    import contextlib
+
+    autocast = autocast or contextlib.nullcontext
+    loaded = load_sample(model, sample)
+    with torch.no_grad(), autocast():
+        predicted = int(model(loaded.image).argmax(-1))
+    correct = sample.correct(predicted)
+    cls = sample.label if protocol.target == "label" else predicted
+    base = {"sample": sample.name, "target": cls, "predicted": predicted, "label": sample.label, "correct": correct,
+            "protocol": asdict(protocol)}
+    for name in todo:
+        if protocol.only_correct and not correct:
+            yield {**base, "method": name, "skipped": "incorrect"}
+            continue
+        start = time.perf_counter()
+        with autocast():
+            attribution = methods[name](loaded.image, torch.tensor([cls], device=loaded.image.device))
+        seconds = time.perf_counter() - start
+        with autocast():
+            metrics = score_attribution(model, loaded.image, attribution.float(), cls, loaded.mask, loaded.ignore,
+                                        protocol=protocol, memory_budget_gb=memory_budget_gb, curves=curves,
+                                        batch_size=batch_size)
+        yield {**base, "method": name, **metrics, "seconds": seconds}
+
+
+def _mean_se(values: list[float]) -> tuple[float, float, int]:
+    """Mean and the paper's standard error (population SD / sqrt(n)); exact sums (``math.fsum``), so the
+    result does not depend on row order (a merged multi-process run equals a single-process run)."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    mean = math.fsum(values) / n
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / n)
+    return mean, sd / math.sqrt(n), n
 
 
 def summarize(records: Sequence[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """Per method and metric: ``(mean, standard error, n)``."""
+    """Per method and metric: ``(mean, standard error, n)`` over the scored rows (skipped rows and
+    ``None`` values left out). SE as the paper: population SD / sqrt(n) (:func:`analysis.metrics.standard_error`)."""
     table: dict[str, dict[str, tuple[float, float, int]]] = {}
     for method in dict.fromkeys(r["method"] for r in records):
-        rows = [r for r in records if r["method"] == method]
-        stats = {}
-        for metric in METRICS + ("seconds",):
-            values = torch.tensor([r[metric] for r in rows], dtype=torch.float64)
-            sem = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
-            stats[metric] = (float(values.mean()), sem, len(values))
-        table[method] = stats
+        rows = [r for r in records if r["method"] == method and not r.get("skipped")]
+        table[method] = {m: _mean_se([r[m] for r in rows if r.get(m) is not None]) for m in METRICS + ("seconds",)}
     return table
 
 
+def _columns(summary) -> list[str]:
+    return [m for m in METRICS if any(s[m][2] > 0 for s in summary.values())]
+
+
 def format_table(summary: Mapping[str, Mapping[str, tuple[float, float, int]]], scale: float = 100.0) -> str:
-    """Markdown table (metrics x ``scale``, as in the paper) with the best value per column in bold.
-    Timings stay in the records: runs share the machine, so they are no benchmark."""
-    metrics = METRICS
+    """Markdown table in the paper's layout (metrics × ``scale``, mean ± SE, best per column in bold, the
+    number of scored images per method; a cell whose n differs says so). Metrics no method has (no masks)
+    are left out. Timings stay in the rows: runs share machines, so they are no benchmark."""
+    if not summary:
+        raise ValueError("format_table needs at least one method in summary; got an empty summary "
+                         "(no rows scored: all skipped or none run)")
+    metrics = _columns(summary)
     best = {}
     for metric in metrics:
-        means = {m: s[metric][0] for m, s in summary.items()}
+        means = {m: s[metric][0] for m, s in summary.items() if s[metric][2] > 0}
         best[metric] = (min if metric in LOWER_IS_BETTER else max)(means, key=means.get)
-    header = "| method | n | " + " | ".join(HEADERS[m] for m in metrics) + " |"
-    lines = [header, "|" + "---|" * (len(metrics) + 2)]
+    lines = ["| method | n | " + " | ".join(HEADERS[m] for m in metrics) + " |", "|" + "---|" * (len(metrics) + 2)]
     for method, stats in summary.items():
+        n = stats["deletion"][2]
         cells = []
         for metric in metrics:
-            mean, sem, _ = stats[metric]
-            cell = f"{mean * scale:.2f} ± {sem * scale:.2f}"
-            cells.append(f"**{cell}**" if best[metric] == method else cell)
-        lines.append(f"| {method} | {stats['deletion'][2]} | " + " | ".join(cells) + " |")
+            mean, se, k = stats[metric]
+            cell = "–" if k == 0 else f"{mean * scale:.2f} ± {se * scale:.2f}"
+            cell = f"**{cell}**" if best.get(metric) == method else cell
+            cells.append(cell + (f" (n={k})" if k not in (0, n) else ""))
+        lines.append(f"| {method} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def format_csv(summary: Mapping[str, Mapping[str, tuple[float, float, int]]], scale: float = 100.0) -> str:
+    """The same table as CSV: ``method`` then ``<metric>_mean``, ``<metric>_se``, ``<metric>_n`` (× scale)."""
+    if not summary:
+        raise ValueError("format_csv needs at least one method in summary; got an empty summary")
+    metrics = _columns(summary)
+    header = ["method"] + [f"{m}_{k}" for m in metrics for k in ("mean", "se", "n")]
+    lines = [",".join(header)]
+    for method, stats in summary.items():
+        cells = [method]
+        for m in metrics:
+            mean, se, n = stats[m]
+            cells += [f"{mean * scale:.4f}", f"{se * scale:.4f}", str(n)]
+        lines.append(",".join(cells))
+    return "\n".join(lines) + "\n"

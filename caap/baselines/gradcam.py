@@ -23,7 +23,7 @@ class GradCAM:
     def attribute(self, images: Float[Tensor, "batch chan height width"],
                   target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
         with torch.inference_mode(False), torch.enable_grad():  # also works when called under inference_mode
-            return self._attribute(images.clone(), target)
+            return self._attribute(images.to(next(self.model.parameters()).device).clone(), target)
 
     def _attribute(self, images, target):
         model, n_pre = self.model, self.model.cfg.n_prefix_tokens

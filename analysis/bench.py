@@ -1,0 +1,259 @@
+"""``caap bench``: reproduce the paper's tables for registered methods on a dataset, resumably, on one
+process or sharded over ``torchrun`` ranks.
+
+Writes into ``--out DIR``: ``run.json`` (every setting, versions, model), ``results.jsonl`` (or
+``results.rank{r}.jsonl`` per rank: one row per image × method, with curves), and, from rank 0 once all
+ranks are done, ``table.md`` / ``table.csv`` (mean ± SE, best in bold, n per method).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import platform
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from analysis import distributed
+
+log = logging.getLogger(__name__)
+
+RESULT_GLOB = "results*.jsonl"
+# settings whose change alters the numbers: checked against run.json before resuming
+CHECKED = ("model", "weights", "dataset", "split", "n", "seed", "protocol", "amp", "device_type")
+
+
+class UserError(Exception):
+    """A bad command line or input: one line on stderr, exit status 2."""
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    from analysis.datasets import DATASETS
+
+    p = sub.add_parser("bench", help="evaluate methods on a dataset and write the paper's tables",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="timm model name (pretrained weights via timm)")
+    src.add_argument("--weights", type=Path, help="local timm checkpoint (.safetensors/.pth) with its JSON sidecar")
+    p.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
+    p.add_argument("--root", type=Path, required=True, help="dataset root (manifest: the CSV or its folder)")
+    p.add_argument("--split", help="dataset split (default per dataset; manifest: the 'kind' filter, e.g. single)")
+    p.add_argument("--methods", required=True, help="comma-separated registry names (caap.list_methods())")
+    p.add_argument("--n", type=int, help="seeded random subset of N images (the paper: 500)")
+    p.add_argument("--seed", type=int, default=0)
+    steps = p.add_mutually_exclusive_group()
+    steps.add_argument("--n-steps", type=int, help="curve points - 1 (quick runs; default RISE: one image width of "
+                                                   "pixels per step)")
+    steps.add_argument("--pixels-per-step", type=int)
+    p.add_argument("--target", choices=("predicted", "label"), default="predicted",
+                   help="class to explain (default: predicted, as RISE and the paper's CAAP)")
+    p.add_argument("--only-correct", action="store_true", help="skip images the model misclassifies")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, help="perturbed copies per metric forward (default: memory budget)")
+    p.add_argument("--memory-budget-gb", type=float, default=1.0)
+    p.add_argument("--amp", choices=("bf16",), help="bfloat16 autocast (faster on GPU; NOT exact)")
+    p.add_argument("--no-curves", action="store_true", help="do not store the Deletion/Insertion curves")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _methods(spec: str) -> list[str]:
+    from caap import list_methods
+
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    valid = list_methods()
+    unknown = [m for m in names if m not in valid]
+    if not names or unknown:
+        raise UserError(f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; "
+                        f"registered: {', '.join(valid)}")
+    return list(dict.fromkeys(names))
+
+
+def _load_model(args, device: str):
+    from caap.cli import load_model
+
+    ns = argparse.Namespace(model=args.model, weights=args.weights, device=device)
+    if args.weights is not None and not args.weights.is_file():
+        raise UserError(f"--weights {args.weights}: no such file")
+    try:
+        return load_model(ns)
+    except RuntimeError as err:
+        if "download" in str(err):
+            raise UserError(f"cannot download weights for {args.model!r} (offline?); pass --weights FILE") from None
+        raise
+
+
+def _settings(args, model, methods, protocol, device) -> dict:
+    import timm
+    import torch
+
+    weights = None
+    if args.weights is not None:
+        w = args.weights.resolve()
+        weights = {"path": str(w), "bytes": w.stat().st_size}
+    return {
+        "model": model.cfg.model_name or args.model, "weights": weights, "dataset": args.dataset,
+        "split": args.split, "n": args.n, "seed": args.seed, "protocol": asdict(protocol), "amp": args.amp,
+        "device_type": torch.device(device).type, "methods": methods,
+        "root": str(args.root.resolve()), "curves": not args.no_curves, "memory_budget_gb": args.memory_budget_gb,
+        "batch_size": args.batch_size,
+        "model_info": {"num_classes": model.cfg.num_classes, "image_size": list(model.cfg.image_size),
+                       "n_layers": model.cfg.n_layers, "data_config": model.cfg.data_config},
+        "protocol_notes": {"deletion_reference": "0 after normalization", "insertion_start": "RISE blur 11x11 sigma 5",
+                           "pixels_per_step_default": "image width", "score": "softmax probability",
+                           "se": "population SD / sqrt(n)"},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},
+    }
+
+
+def _check_out_dir(out: Path, settings: dict) -> dict:
+    """The run.json to keep: refuses a directory holding another run's results; methods may be added."""
+    run_file = out / "run.json"
+    if run_file.is_file():
+        old = json.loads(run_file.read_text())
+        diff = [k for k in CHECKED if old.get(k) != settings[k]]
+        if diff:
+            detail = "; ".join(f"{k}: run.json {old.get(k)!r}, now {settings[k]!r}" for k in diff)
+            raise UserError(f"--out {out} holds another run ({detail}); use another --out or the same settings")
+        settings = {**settings, "methods": list(dict.fromkeys(old.get("methods", []) + settings["methods"]))}
+    elif any(out.glob(RESULT_GLOB)):
+        raise UserError(f"--out {out} holds results but no run.json (another tool's run?); use another --out")
+    return settings
+
+
+def _done(out: Path, own: Path) -> set[tuple[str, str]]:
+    from analysis.evaluate import read_rows
+
+    done = set()
+    for path in sorted(out.glob(RESULT_GLOB)):
+        rows = read_rows(path) if path == own else _read_foreign(path)
+        done |= {(r["sample"], r["method"]) for r in rows}
+    return done
+
+
+def _read_foreign(path: Path) -> list[dict]:
+    """Rows of another rank's file without repairing it (that rank may still be writing)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def merge(out: Path, order: list[str], methods: list[str]) -> list[dict]:
+    """All rows of every part, one per (sample, method), in dataset then method order."""
+    rank = {name: i for i, name in enumerate(order)}
+    mrank = {m: i for i, m in enumerate(methods)}
+    rows = {}
+    for path in sorted(out.glob(RESULT_GLOB)):
+        for r in _read_foreign(path):
+            if r["sample"] in rank and r["method"] in mrank:
+                rows.setdefault((r["sample"], r["method"]), r)
+    return [rows[k] for k in sorted(rows, key=lambda k: (rank[k[0]], mrank[k[1]]))]
+
+
+def write_tables(out: Path, rows: list[dict], methods: list[str]) -> str:
+    from analysis.evaluate import format_csv, format_table, summarize
+
+    summary = summarize(rows)
+    summary = {m: summary[m] for m in methods if m in summary and summary[m]["deletion"][2] > 0}
+    if not summary:
+        raise UserError(f"no image was scored (all skipped: --only-correct with no correct prediction?); "
+                        f"rows are in {out}")
+    table = format_table(summary)
+    skipped = sum(1 for r in rows if r.get("skipped"))
+    note = (f"\n\nmetrics x 100, mean ± SE (population SD / sqrt(n)); {len(rows)} rows, {skipped} skipped "
+            f"(misclassified, --only-correct)." if skipped else "\n\nmetrics x 100, mean ± SE (population SD / sqrt(n)).")
+    (out / "table.md").write_text(table + note + "\n")
+    (out / "table.csv").write_text(format_csv(summary))
+    return table
+
+
+def run(args) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from analysis.data import subset
+    from analysis.datasets import DATASETS, get_dataset
+    from analysis.evaluate import Protocol, score_sample
+
+    if args.dataset not in DATASETS:
+        raise UserError(f"--dataset: unknown dataset {args.dataset!r}; available: {', '.join(DATASETS)}")
+    if not args.root.exists():
+        raise UserError(f"--root {args.root}: no such file or directory")
+    methods = _methods(args.methods)
+    try:
+        protocol = Protocol(args.target, args.only_correct, args.pixels_per_step, args.n_steps)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    rank, world_size, device = distributed.init(args.device)
+    try:
+        dataset = get_dataset(args.dataset, args.root, args.split)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(str(err)) from None
+    samples = subset(dataset.samples, args.n, args.seed)
+    names = [s.name for s in samples]
+    if len(set(names)) != len(names):
+        raise UserError(f"{args.dataset}: sample names are not unique; the results could not be resumed")
+    model = _load_model(args, device)
+    n_out = model.cfg.num_classes
+    if dataset.num_classes is not None and dataset.num_classes != n_out:
+        raise UserError(f"the model has {n_out} classes but {args.dataset} has {dataset.num_classes}; give a "
+                        f"checkpoint fine-tuned on {args.dataset}")
+    if max(s.label for s in samples) >= n_out:
+        raise UserError(f"{args.dataset} has label {max(s.label for s in samples)} but the model only "
+                        f"{n_out} classes")
+    out = args.out
+    settings = _settings(args, model, methods, protocol, device)
+    error = None
+    if rank == 0:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            settings = _check_out_dir(out, settings)
+            (out / "run.json").write_text(json.dumps(settings, indent=1) + "\n")
+        except UserError as err:
+            error = str(err)
+    error = distributed.broadcast(error)
+    if error:
+        raise UserError(error)
+    from caap import get_method
+
+    built = {name: get_method(name, model).attribute for name in methods}
+    own = out / ("results.jsonl" if world_size == 1 else f"results.rank{rank}.jsonl")
+    done = _done(out, own)
+    shard = samples[rank::world_size]
+    autocast = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) if args.amp \
+        else contextlib.nullcontext
+    bar = tqdm(shard, desc=f"bench rank {rank}" if world_size > 1 else "bench", unit="img", position=rank,
+               disable=args.no_progress)
+    with open(own, "a") as f:
+        for sample in bar:
+            todo = [m for m in methods if (sample.name, m) not in done]
+            if not todo:
+                continue
+            for row in score_sample(model, built, todo, sample, protocol, curves=not args.no_curves,
+                                    memory_budget_gb=args.memory_budget_gb, autocast=autocast,
+                                    batch_size=args.batch_size):
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+    bar.close()
+    distributed.barrier()
+    status = 0
+    if rank == 0:
+        rows = merge(out, names, settings["methods"])
+        table = write_tables(out, rows, [m for m in settings["methods"] if m in methods])
+        print(table)
+        print(f"wrote {out / 'table.md'}, {out / 'table.csv'} ({len(rows)} rows)")
+    distributed.finish()
+    return status
+
+
+def main(argv=None) -> int:  # pragma: no cover - the console script is analysis.cli:main
+    from analysis.cli import main as cli_main
+
+    return cli_main(["bench", *(argv if argv is not None else sys.argv[1:])])

@@ -1,0 +1,117 @@
+"""``caap bench`` end to end on a tiny local checkpoint: files, resume, refusals, and torchrun (2 gloo ranks)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import save_file
+
+from analysis.cli import main
+from tests.conftest import FAMILIES, make_timm
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    name, kwargs = FAMILIES["vit"]
+    save_file(make_timm("vit").state_dict(), tmp / "tiny.safetensors")
+    (tmp / "tiny.json").write_text(json.dumps({"timm_model_name": name, "create_model_kwargs": kwargs,
+                                               "data_config": {"crop_pct": 1.0, "crop_mode": "squash"}}))
+    rng = np.random.default_rng(0)
+    rows = ["image,mask,label,kind"]
+    for i in range(5):
+        Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(tmp / f"im{i}.png")
+        mask = np.zeros((64, 64), "uint8")
+        mask[8 * i:8 * i + 24, 16:40] = 255
+        Image.fromarray(mask).save(tmp / f"m{i}.png")
+        rows.append(f"im{i}.png,m{i}.png,{i % 7},single")
+    (tmp / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return tmp
+
+
+def args(setup, out, *extra):
+    return ["bench", "--weights", str(setup / "tiny.safetensors"), "--dataset", "manifest", "--root",
+            str(setup / "manifest.csv"), "--methods", "grad-cam,caap", "--n-steps", "4", "--no-progress",
+            "--out", str(out), *extra]
+
+
+def test_bench_writes_resumes_and_refuses(setup, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(args(setup, out, "--n", "4", "--seed", "1")) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(len(r["curves"]["deletion"]) == 5 for r in rows)
+    run = json.loads((out / "run.json").read_text())
+    assert run["protocol"]["target"] == "predicted" and run["n"] == 4 and "torch" in run["versions"]
+    table = (out / "table.md").read_text()
+    assert "| grad-cam | 4 |" in table and "AUPR₁" in table and "**" in table
+    assert (out / "table.csv").read_text().startswith("method,deletion_mean")
+    # resume: a torn last line is dropped, nothing else recomputed
+    with open(out / "results.jsonl", "a") as f:
+        f.write('{"sample": "im')
+    assert main(args(setup, out, "--n", "4", "--seed", "1")) == 0
+    assert len((out / "results.jsonl").read_text().splitlines()) == 8
+    capsys.readouterr()
+    # another run's settings into the same directory: refused, nothing lost
+    assert main(args(setup, out, "--n", "4", "--seed", "1", "--target", "label")) == 2
+    err = capsys.readouterr().err
+    assert "holds another run" in err and "protocol" in err and len(err.strip().splitlines()) == 1
+    assert len((out / "results.jsonl").read_text().splitlines()) == 8
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--methods", "caap,nope"], "unknown method(s) nope; registered: caap"),
+    (["--dataset", "imagenet-x"], "unknown dataset 'imagenet-x'; available: imagenet-s50"),
+    (["--dataset", "food101"], "food101: missing"),
+    (["--dataset", "oxford-pet", "--root", "/nonexistent"], "--root /nonexistent: no such file"),
+])
+def test_user_errors_are_one_line(setup, tmp_path, capsys, change, message):
+    argv = args(setup, tmp_path / "x")
+    for flag, value in zip(change[::2], change[1::2]):
+        i = argv.index(flag)
+        argv[i + 1] = value
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_class_count_mismatch(setup, tmp_path, capsys):
+    base = tmp_path / "food-101"
+    (base / "images" / "a").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(base / "images" / "a" / "1.jpg")
+    (base / "meta").mkdir()
+    (base / "meta" / "test.json").write_text(json.dumps({"a": ["a/1"]}))
+    argv = args(setup, tmp_path / "x")
+    argv[argv.index("--dataset") + 1], argv[argv.index("--root") + 1] = "food101", str(tmp_path)
+    assert main(argv) == 2
+    assert "the model has 7 classes but food101 has 1" in capsys.readouterr().err
+
+
+def test_torchrun_two_gloo_ranks_equal_a_single_process(setup, tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    assert main(args(setup, single)) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(port),
+           "-m", "analysis.cli", *args(setup, multi)]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in multi.glob("results*.jsonl")) == ["results.rank0.jsonl", "results.rank1.jsonl"]
+    assert (multi / "table.md").read_text() == (single / "table.md").read_text()
+    assert (multi / "table.csv").read_text() == (single / "table.csv").read_text()
+    # a killed rank: its part lost rows (and ends torn); a rerun (here single-process) computes only those
+    part = multi / "results.rank1.jsonl"
+    lines = part.read_text().splitlines()
+    part.write_text(lines[0] + "\n" + lines[1][:20])
+    assert main(args(setup, multi)) == 0
+    assert len((multi / "results.jsonl").read_text().splitlines()) == len(lines) - 1
+    assert (multi / "table.md").read_text() == (single / "table.md").read_text()
