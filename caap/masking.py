@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Callable, Iterator, Union
 
 import torch
+from einops import reduce
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -161,3 +162,12 @@ def masked_scores(model, image: Float[Tensor, "chan h w"], masks: Masks,
     if not parts:
         return torch.empty(0, device=_param(model).device)
     return torch.cat(parts).float().clone()
+
+
+def patch_average(model, pixel_maps: Float[Tensor, "batch h w"]) -> Float[Tensor, "batch grid_h grid_w"]:
+    """Average a pixel-level map over each patch cell of the model's grid (the registry's patch-level
+    output for pixel-level methods such as RISE, ViT-CX and Occlusion)."""
+    (gh, gw), (ph, pw) = model.cfg.grid_size, model.cfg.patch_size
+    if pixel_maps.shape[-2:] != (gh * ph, gw * pw):
+        raise ValueError(f"pixel maps must be [batch, {gh * ph}, {gw * pw}]; got {tuple(pixel_maps.shape)}")
+    return reduce(pixel_maps, "b (gh ph) (gw pw) -> b gh gw", "mean", ph=ph, pw=pw)
