@@ -38,8 +38,7 @@ def test_ixg_matches_captum_on_the_tokens_entering_the_blocks(family):
     assert rel_err(InputXGradient(model, score="logit").attribute(images, target).flatten(1), expected) <= 1e-5
 
 
-@pytest.mark.parametrize("family", HEADED)
-@pytest.mark.parametrize("start", [None, 0])
+@pytest.mark.parametrize("family,start", [(f, None) for f in HEADED] + [("vit", 0), ("clip_quickgelu", 2)])
 def test_ixg_plus_matches_captum_layer_gradient_x_activation(family, start):
     tm, model = float64_pair(family)
     images = random_images(model, 2).double()
@@ -52,11 +51,12 @@ def test_ixg_plus_matches_captum_layer_gradient_x_activation(family, start):
     assert rel_err(got.flatten(1), expected) <= 1e-5
 
 
-RULE_SETS = [LIBRA_RULES, ("layernorm",), ("attention",), ("activation",), ("layernorm", "activation")]
+CASES = [("vit", LIBRA_RULES), ("vit", ("attention",)), ("vit_avg", LIBRA_RULES), ("vit_avg", ("layernorm",)),
+         ("clip_quickgelu", LIBRA_RULES), ("clip_quickgelu", ("activation",)), ("dinov2_reg", LIBRA_RULES),
+         ("dinov2_reg", ("layernorm", "activation"))]
 
 
-@pytest.mark.parametrize("family", ["vit", "vit_avg", "clip_quickgelu", "dinov2_reg"])
-@pytest.mark.parametrize("rules", RULE_SETS)
+@pytest.mark.parametrize("family,rules", CASES)
 def test_libra_matches_explicit_detach_forward(family, rules):
     tm, model = float64_pair(family)
     images = random_images(model, 2).double().requires_grad_()

@@ -33,8 +33,8 @@ def slow_rollout(patterns, n_pre, fusion="mean", discard=0.0, start=0):
     return joint[:, 0, n_pre:]
 
 
-@pytest.mark.parametrize("family", CLS_FAMILIES)
-@pytest.mark.parametrize("fusion,discard,start", [("mean", 0.0, 0), ("max", 0.3, 1), ("min", 0.5, 0)])
+@pytest.mark.parametrize("family,fusion,discard,start", [(f, "mean", 0.0, 0) for f in CLS_FAMILIES] + [
+    ("dinov2_reg", "max", 0.3, 1), ("clip_quickgelu", "min", 0.5, 0), ("vit", "max", 0.0, 2)])
 def test_rollout_matches_full_matrix_product(family, fusion, discard, start):
     tm, model = float64_pair(family)
     images = random_images(model, 2).double()
