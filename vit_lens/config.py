@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Pooling = Literal["token", "avg"]
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
@@ -44,6 +44,36 @@ class ViTConfig:
     crop_mode: str = "center"
     model_name: str = ""
     class_names: list[str] | None = field(default=None, repr=False)
+    # TransformerLens switches (off by default, as in TL; see HookedViT.set_use_*). Components read them
+    # at forward time, so setting them on ``model.cfg`` directly works too.
+    use_attn_result: bool = False  # ``blocks.{l}.attn.hook_result`` [batch, pos, head, d_model]
+    use_attn_in: bool = False  # ``blocks.{l}.hook_attn_in`` [batch, pos, head, d_model]
+    use_split_qkv_input: bool = False  # ``blocks.{l}.hook_q_input/k_input/v_input`` [batch, pos, head, d_model]
+    use_hook_mlp_in: bool = False  # ``blocks.{l}.hook_mlp_in`` [batch, pos, d_model]
+    device: str | None = None  # kept equal to the parameters' device by HookedViT (``model.to``)
+    dtype: Any = None  # the parameters' dtype, kept in sync like ``device``
+
+    # ------------------------------------------------------------ TransformerLens field names
+    # TL code (ActivationCache, patching, logit lens) reads these HookedTransformerConfig fields.
+    normalization_type = "LN"  # every norm of a timm ViT is an affine LayerNorm, applied unfolded
+    attn_only = False
+    final_rms = False
+    gated_mlp = False
+    parallel_attn_mlp = False
+    positional_embedding_type = "standard"  # learned absolute position embedding
+    n_key_value_heads = None  # no grouped-query attention
+    n_devices = 1
+    d_vocab = -1  # no token vocabulary: the input is pixels (see ``d_vocab_out`` for the classes)
+
+    @property
+    def n_ctx(self) -> int:
+        """TL's context length: every residual position (prefix tokens + patches), ``n_tokens``."""
+        return self.n_tokens
+
+    @property
+    def d_vocab_out(self) -> int:
+        """TL's output size: ``num_classes``; a headless model outputs its pooled ``d_model`` features."""
+        return self.num_classes if self.num_classes > 0 else self.d_model
 
     @property
     def n_prefix_tokens(self) -> int:

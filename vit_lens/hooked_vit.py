@@ -8,21 +8,37 @@ from typing import Any, Callable
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformer_lens import ActivationCache, HookedRootModule
-from vit_lens.components.hooks_util import HookPoint
+from transformer_lens import HookedRootModule
 
+from vit_lens.cache import ViTActivationCache
 from vit_lens.components import LayerNorm, PatchEmbed, PosEmbed, TransformerBlock
+from vit_lens.components.hooks_util import HookPoint
+from vit_lens.components.layer_norm import PooledFinalNorm
 from vit_lens.config import ViTConfig
 from vit_lens.tokens import TokenLayout
+from vit_lens.weights import TransformerLensWeights
+
+# hook-name suffix inside ``blocks.{l}.`` -> the cfg flag that makes it fire (off by default, as in TL)
+GATED_HOOKS = {
+    "attn.hook_result": "use_attn_result",
+    "hook_attn_in": "use_attn_in",
+    "hook_q_input": "use_split_qkv_input",
+    "hook_k_input": "use_split_qkv_input",
+    "hook_v_input": "use_split_qkv_input",
+    "hook_mlp_in": "use_hook_mlp_in",
+}
 
 
-class HookedViT(HookedRootModule):
+class HookedViT(TransformerLensWeights, HookedRootModule):
     """A hookable, logit-exact port of timm's ``VisionTransformer``.
 
     Hook names follow TransformerLens (``blocks.{l}.hook_resid_pre``, ``blocks.{l}.attn.hook_pattern``,
-    ...), plus ``hook_embed`` (patch embeddings ``[batch, n_patches, d_model]``), ``hook_pos_embed``,
+    ...), plus ``hook_embed``/``hook_pos_embed`` (``[batch, n_tokens, d_model]``, see :meth:`embed`),
     ``ln_pre.*`` (CLIP), ``ln_final.*``, ``fc_norm.*`` and ``hook_pre_logits`` (the pooled features fed
-    to the head, ``[batch, d_model]``). Build it with :meth:`from_timm` or :meth:`from_checkpoint`.
+    to the head, ``[batch, d_model]``). TL's optional hooks (``attn.hook_result``, ``hook_attn_in``,
+    ``hook_q/k/v_input``, ``hook_mlp_in``) fire once enabled with the ``set_use_*`` methods. TL's weight
+    surface (``W_Q`` ... ``OV``, ``W_U``, ``accumulated_bias``, ...) is documented in
+    :mod:`vit_lens.weights`. Build it with :meth:`from_timm` or :meth:`from_checkpoint`.
     """
 
     def __init__(self, cfg: ViTConfig):
@@ -33,17 +49,21 @@ class HookedViT(HookedRootModule):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.has_cls_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.n_register_tokens, d)) if cfg.n_register_tokens else None
         n_pos = cfg.n_tokens if cfg.pos_embed_on_prefix else cfg.n_patches
-        self.pos_embed = PosEmbed(n_pos, d, cfg.pos_embed_on_prefix)
+        self.pos_embed = PosEmbed(n_pos, d, cfg.pos_embed_on_prefix, cfg.n_prefix_tokens)
         self.ln_pre = LayerNorm(d, cfg.eps) if cfg.pre_norm else None
         self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
-        self.ln_final = LayerNorm(d, cfg.eps) if cfg.final_norm else None
         self.fc_norm = LayerNorm(d, cfg.eps) if cfg.fc_norm else None
+        if cfg.final_norm:
+            self.ln_final = LayerNorm(d, cfg.eps)
+        else:  # TL's ``ln_final`` for analysis only; the forward pass does not use it (see vit_lens.cache)
+            self.ln_final = PooledFinalNorm(self.fc_norm, self.pool) if cfg.fc_norm else nn.Identity()
         self.head = nn.Linear(d, cfg.num_classes) if cfg.num_classes > 0 else None
         self.hook_embed = HookPoint()
         self.hook_pos_embed = HookPoint()
         self.hook_pre_logits = HookPoint()
         self.layout = TokenLayout(cfg)
         self.setup()
+        self._sync_cfg_device()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -109,17 +129,22 @@ class HookedViT(HookedRootModule):
 
     # ------------------------------------------------------------------ forward
     def embed(self, images: Float[Tensor, "batch chan height width"]) -> Float[Tensor, "batch pos d_model"]:
-        """Patch embedding + prefix tokens + position embedding (+ CLIP ``ln_pre``): ``resid_pre`` of block 0."""
+        """``resid_pre`` of block 0 = ``hook_embed + hook_pos_embed``, both ``[batch, n_tokens, d_model]``.
+
+        ``hook_embed``: CLS, registers, then the patch embeddings (TL's token embedding);
+        ``hook_pos_embed``: the position embedding at every position (zeros on the prefix under
+        ``no_embed_class``). With CLIP's ``ln_pre`` the two hooks hold their shares of ``ln_pre``'s output
+        (each centred and divided by the shared scale ``ln_pre.hook_scale``, times the weight; the bias
+        goes to ``hook_pos_embed``), so in every family they sum to the residual stream, as TL's
+        ``decompose_resid`` needs."""
         self.check_images(images)
         batch = images.shape[0]
-        patches = self.hook_embed(self.patch_embed(images))
-        pos = self.hook_pos_embed(self.pos_embed().expand(batch, -1, -1))
         prefix = [t.expand(batch, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
-        if self.pos_embed.on_prefix:
-            x = torch.cat(prefix + [patches], dim=1) + pos
-        else:
-            x = torch.cat(prefix + [patches + pos], dim=1)
-        return self.ln_pre(x) if self.ln_pre is not None else x
+        tokens = torch.cat(prefix + [self.patch_embed(images)], dim=1)
+        pos = self.pos_embed.full().expand(batch, -1, -1)
+        if self.ln_pre is not None:
+            return self.ln_pre.forward_split(tokens, pos, self.hook_embed, self.hook_pos_embed)
+        return self.hook_embed(tokens) + self.hook_pos_embed(pos)
 
     def forward_features(self, images: Float[Tensor, "batch chan height width"]) -> Float[Tensor, "batch pos d_model"]:
         """All tokens after the last block and the final norm."""
@@ -130,7 +155,7 @@ class HookedViT(HookedRootModule):
 
     def final_norm(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         """``ln_final`` when the model has one (timm moves it to ``fc_norm`` for avg pooling)."""
-        return self.ln_final(resid) if self.ln_final is not None else resid
+        return self.ln_final(resid) if self.cfg.final_norm else resid
 
     def pool(self, tokens: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
         if self.cfg.pooling == "token":
@@ -163,10 +188,26 @@ class HookedViT(HookedRootModule):
         return super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
     def _check_hook_names(self, names) -> None:
-        """Raise for any string name that is not a hook point (callable filters pass through)."""
+        """Raise for any string name that is not a hook point, or whose ``cfg`` flag is off (callable
+        filters pass through)."""
         for name in names:
-            if isinstance(name, str) and name not in self.mod_dict:
+            if not isinstance(name, str):
+                continue
+            if name not in self.hook_dict:
                 self._raise_unknown_hook(name)
+            flag = self._inactive_flag(name)
+            if flag is not None:
+                raise ValueError(
+                    f"hook {name!r} only fires when model.cfg.{flag} is True (off by default, as in "
+                    f"TransformerLens, to keep the forward pass fast); enable it with model.set_{flag}(True)")
+
+    def _inactive_flag(self, name: str) -> str | None:
+        """The off ``cfg`` flag gating hook ``name``, or None when the hook fires."""
+        parts = name.split(".", 2)
+        if len(parts) < 3 or parts[0] != "blocks":
+            return None
+        flag = GATED_HOOKS.get(parts[2])
+        return flag if flag is not None and not getattr(self.cfg, flag) else None
 
     def _check_hook_list(self, hook_list) -> None:
         self._check_hook_names(name for name, _ in hook_list or ())
@@ -189,16 +230,48 @@ class HookedViT(HookedRootModule):
         raise ValueError(f"Unknown hook name {name!r}; this model has {len(self.hook_dict)} hook points "
                          f"(see model.hook_dict), e.g. 'blocks.0.hook_resid_pre'.{hint}")
 
-    def run_with_cache(self, *model_args: Any, **kwargs: Any) -> tuple[Tensor, ActivationCache]:
-        """Run the model and return ``(output, ActivationCache)``; ``names_filter`` selects hook names."""
+    def run_with_cache(self, *model_args: Any, **kwargs: Any) -> tuple[Tensor, ViTActivationCache]:
+        """Run the model and return ``(output, ActivationCache)``; ``names_filter`` selects hook names.
+        Without a filter (or with a callable one) hooks whose ``cfg`` flag is off are left out."""
         names_filter = kwargs.get("names_filter")
         names = [names_filter] if isinstance(names_filter, str) else names_filter
         if isinstance(names, (list, tuple)):
             self._check_hook_names(names)
+        else:
+            keep = names if callable(names) else (lambda name: True)
+            kwargs["names_filter"] = lambda name: keep(name) and self._inactive_flag(name) is None
         out, cache_dict = super().run_with_cache(*model_args, **kwargs)
-        return out, ActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
+        return out, ViTActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
 
+    # ------------------------------------------------------------------ TransformerLens switches
     def set_use_attn_explicit(self, explicit: bool = True) -> None:
         """Force the explicit softmax attention path everywhere (the fast SDPA path is the default)."""
         for block in self.blocks:
             block.attn.force_explicit = explicit
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Compute each head's output ``blocks.{l}.attn.hook_result`` ``[batch, pos, head, d_model]``
+        (LayerScale included); costs that tensor per layer."""
+        self.cfg.use_attn_result = bool(use_attn_result)
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """Give each head its own copy of the residual stream, ``blocks.{l}.hook_attn_in``."""
+        self.cfg.use_attn_in = bool(use_attn_in)
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """Separate per-head query/key/value inputs ``blocks.{l}.hook_q_input/k_input/v_input``."""
+        self.cfg.use_split_qkv_input = bool(use_split_qkv_input)
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """Expose the MLP input (before ``ln2``) as ``blocks.{l}.hook_mlp_in``."""
+        self.cfg.use_hook_mlp_in = bool(use_hook_mlp_in)
+
+    def _sync_cfg_device(self) -> None:
+        weight = self.patch_embed.proj.weight
+        self.cfg.device, self.cfg.dtype = weight.device, weight.dtype
+
+    def _apply(self, fn, *args: Any, **kwargs: Any):
+        """Keep ``cfg.device``/``cfg.dtype`` (read by TL's patching and cache code) on ``to``/``cuda``/..."""
+        out = super()._apply(fn, *args, **kwargs)
+        self._sync_cfg_device()
+        return out

@@ -4,12 +4,20 @@ import torch
 
 from tests.conftest import make_hooked, random_images
 
+# TransformerLens's optional hooks and the cfg flag that turns each on
+FLAGS = ("use_attn_result", "use_attn_in", "use_split_qkv_input", "use_hook_mlp_in")
 
-def expected_shapes(cfg, batch):
+
+def enable_all(model, on=True):
+    for flag in FLAGS:
+        getattr(model, f"set_{flag}")(on)
+    return model
+
+
+def expected_shapes(cfg, batch, flags=False):
+    """Every hook's shape; with ``flags`` also TL's optional hooks (then ``ln1`` sees a head axis)."""
     p, d, h, dh = cfg.n_tokens, cfg.d_model, cfg.n_heads, cfg.d_head
-    shapes = {"hook_embed": (batch, cfg.n_patches, d),
-              "hook_pos_embed": (batch, p if cfg.pos_embed_on_prefix else cfg.n_patches, d),
-              "hook_pre_logits": (batch, d)}
+    shapes = {"hook_embed": (batch, p, d), "hook_pos_embed": (batch, p, d), "hook_pre_logits": (batch, d)}
     for l in range(cfg.n_layers):
         b = f"blocks.{l}."
         for name in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post",
@@ -20,6 +28,12 @@ def expected_shapes(cfg, batch):
             shapes[f"{b}attn.hook_{name}"] = (batch, p, h, dh)
         shapes[b + "attn.hook_attn_scores"] = shapes[b + "attn.hook_pattern"] = (batch, h, p, p)
         shapes[b + "mlp.hook_pre"] = shapes[b + "mlp.hook_post"] = (batch, p, cfg.d_mlp)
+        if flags:
+            for name in ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "ln1.hook_normalized"):
+                shapes[b + name] = (batch, p, h, d)
+            shapes[b + "ln1.hook_scale"] = (batch, p, h, 1)
+            shapes[b + "attn.hook_result"] = (batch, p, h, d)
+            shapes[b + "hook_mlp_in"] = (batch, p, d)
     if cfg.final_norm:
         shapes["ln_final.hook_normalized"] = (batch, p, d)
         shapes["ln_final.hook_scale"] = (batch, p, 1)
@@ -32,31 +46,91 @@ def expected_shapes(cfg, batch):
     return shapes
 
 
-def test_cache_has_every_hook_with_transformerlens_shapes(family):
-    model = make_hooked(family)
+@pytest.mark.parametrize("flags", [False, True], ids=["default", "tl_flags_on"])
+def test_cache_has_every_hook_with_transformerlens_shapes(family, flags):
+    model = enable_all(make_hooked(family), flags)
     x = random_images(model, batch=2)
-    _, cache = model.run_with_cache(x)
-    shapes = expected_shapes(model.cfg, 2)
-    assert set(cache.keys()) == set(shapes) == set(model.hook_dict)
+    logits, cache = model.run_with_cache(x)
+    shapes = expected_shapes(model.cfg, 2, flags)
+    assert set(cache.keys()) == set(shapes)
+    assert set(model.hook_dict) - set(shapes) == (set() if flags else {
+        f"blocks.{l}.{n}" for l in range(model.cfg.n_layers)
+        for n in ("attn.hook_result", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in")})
     for name, shape in shapes.items():
         assert tuple(cache[name].shape) == shape, name
     pattern = cache["blocks.0.attn.hook_pattern"]
     assert torch.allclose(pattern.sum(-1), torch.ones(()), atol=1e-5)
+    # the TL switches change which hooks fire, not the output
+    with torch.no_grad():
+        assert (logits - enable_all(model, False)(x)).abs().max() <= 1e-5
+
+
+def test_embed_hooks_sum_to_the_first_residual_stream(family):
+    """hook_embed + hook_pos_embed is blocks.0.hook_resid_pre at every position; hook_embed holds CLS,
+    registers, then the patch embeddings (before CLIP's ln_pre, written out here)."""
+    model = make_hooked(family)
+    x = random_images(model)
+    _, cache = model.run_with_cache(x)
+    cfg, n_pre = model.cfg, model.cfg.n_prefix_tokens
+    total = cache["hook_embed"] + cache["hook_pos_embed"]
+    assert (total - cache["blocks.0.hook_resid_pre"]).abs().max() <= 1e-5
+    with torch.no_grad():
+        patches = torch.nn.functional.conv2d(x, model.patch_embed.proj.weight, model.patch_embed.proj.bias,
+                                             stride=cfg.patch_size).flatten(2).transpose(1, 2)
+        prefix = [model.cls_token] if cfg.has_cls_token else []
+        prefix += [model.reg_token] if cfg.n_register_tokens else []
+        raw = torch.cat([t.expand(2, -1, -1) for t in prefix] + [patches], 1)
+        raw_pos = torch.zeros(cfg.n_tokens, cfg.d_model)
+        raw_pos[cfg.n_tokens - model.pos_embed.W_pos.shape[0]:] = model.pos_embed.W_pos
+        if not cfg.pre_norm:
+            assert (cache["hook_embed"] - raw).abs().max() <= 1e-5
+            assert (cache["hook_pos_embed"] - raw_pos).abs().max() <= 1e-6
+        else:  # shares of ln_pre(raw + raw_pos), by the stream's own scale
+            ln = model.ln_pre
+            std = ((raw + raw_pos).var(-1, unbiased=False, keepdim=True) + ln.eps).sqrt()
+            assert (cache["hook_embed"] - (raw - raw.mean(-1, keepdim=True)) / std * ln.w).abs().max() <= 1e-5
+            assert (cache["hook_pos_embed"] - ((raw_pos - raw_pos.mean(-1, keepdim=True)) / std * ln.w + ln.b)).abs().max() <= 1e-5
+    if not cfg.pos_embed_on_prefix:
+        assert cache["hook_pos_embed"][:, :n_pre].abs().max() == 0
+
+
+def test_gated_hook_requested_while_off_is_refused():
+    model = make_hooked("dinov2")
+    x = random_images(model)
+    for name, flag in [("blocks.1.attn.hook_result", "use_attn_result"), ("blocks.0.hook_q_input", "use_split_qkv_input"),
+                       ("blocks.2.hook_attn_in", "use_attn_in"), ("blocks.0.hook_mlp_in", "use_hook_mlp_in")]:
+        match = f"only fires when model.cfg.{flag} is True.*model.set_{flag}\\(True\\)"
+        with pytest.raises(ValueError, match=match):
+            model.run_with_hooks(x, fwd_hooks=[(name, lambda a, hook: a)])
+        with pytest.raises(ValueError, match=match):
+            model.run_with_cache(x, names_filter=[name])
+        with pytest.raises(ValueError, match=match):
+            model.add_hook(name, lambda a, hook: a)
+        getattr(model, f"set_{flag}")(True)
+        _, cache = model.run_with_cache(x, names_filter=[name])
+        assert list(cache.keys()) == [name]
+    with pytest.raises(ValueError, match="Unknown hook name 'blocks.0'"):  # a module, not a hook point
+        model.run_with_hooks(x, fwd_hooks=[("blocks.0", lambda a, hook: a)])
 
 
 def test_every_hook_return_value_is_used(family):
-    """Prisma silently drops some hook outputs; here every hook point must be able to change the logits."""
+    """Prisma silently drops some hook outputs; here every hook point must be able to change the logits
+    (TL's optional hooks with their flags on)."""
     model = make_hooked(family)
     x = random_images(model)
-    with torch.no_grad():
-        clean = model(x)
-        for name in model.hook_dict:
-            def perturb(act, hook):
-                g = torch.Generator().manual_seed(0)
-                return act + torch.randn(act.shape, generator=g)
+    gated = set(model.hook_dict) - set(expected_shapes(model.cfg, 1))
 
-            out = model.run_with_hooks(x, fwd_hooks=[(name, perturb)])
-            assert (out - clean).abs().max() > 1e-3, f"hook {name} output is ignored"
+    def perturb(act, hook):
+        g = torch.Generator().manual_seed(0)
+        return act + torch.randn(act.shape, generator=g)
+
+    with torch.no_grad():
+        for flags, names in ((False, set(model.hook_dict) - gated), (True, gated)):
+            enable_all(model, flags)
+            clean = model(x)
+            for name in sorted(names):
+                out = model.run_with_hooks(x, fwd_hooks=[(name, perturb)])
+                assert (out - clean).abs().max() > 1e-4, f"hook {name} output is ignored"  # ignored: exactly 0
 
 
 def test_names_filter_and_hooks_context():
@@ -177,12 +251,12 @@ def test_token_layout_helpers():
     x2[..., 28:42, 42:56] += 1
     _, c1 = model.run_with_cache(x2, names_filter="hook_embed")
     changed = (c0["hook_embed"] - c1["hook_embed"]).abs().amax(-1)[0].nonzero().flatten().tolist()
-    assert changed == [layout.patch_index(2, 3)]
+    assert changed == [layout.token_position(layout.patch_index(2, 3))]
 
 
 def test_backward_hooks_fire_at_every_hook_point(family):
     """A class score's gradient reaches every hook point, with the activation's shape."""
-    model = make_hooked(family)
+    model = enable_all(make_hooked(family))
     x = random_images(model)
     _, cache = model.run_with_cache(x)
     grads = {}

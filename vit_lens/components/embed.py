@@ -1,4 +1,6 @@
 """Patch embedding and learned absolute position embedding."""
+from __future__ import annotations
+
 import torch
 from einops import rearrange
 from jaxtyping import Float
@@ -19,10 +21,18 @@ class PatchEmbed(nn.Module):
 class PosEmbed(nn.Module):
     """Learned position embedding; ``W_pos`` covers the prefix tokens only if ``on_prefix``."""
 
-    def __init__(self, n_positions: int, d_model: int, on_prefix: bool):
+    def __init__(self, n_positions: int, d_model: int, on_prefix: bool, n_prefix_tokens: int = 0):
         super().__init__()
         self.on_prefix = on_prefix
+        self.n_prefix_tokens = n_prefix_tokens
         self.W_pos = nn.Parameter(torch.zeros(n_positions, d_model))
 
     def forward(self) -> Float[Tensor, "pos d_model"]:
         return self.W_pos
+
+    def full(self) -> Float[Tensor, "n_tokens d_model"]:
+        """The position embedding at every residual position: zeros on the prefix tokens when they
+        get none (timm's ``no_embed_class``: DeiT3, DINOv2 with registers)."""
+        if self.on_prefix or self.n_prefix_tokens == 0:
+            return self.W_pos
+        return torch.cat([self.W_pos.new_zeros(self.n_prefix_tokens, self.W_pos.shape[1]), self.W_pos])

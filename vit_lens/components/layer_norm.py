@@ -1,4 +1,6 @@
 """LayerNorm with TransformerLens hooks (``hook_scale``, ``hook_normalized``)."""
+from __future__ import annotations
+
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
@@ -27,3 +29,45 @@ class LayerNorm(nn.Module):
         else:
             out = F.layer_norm(x, self.w.shape, self.w, self.b, self.eps)
         return self.hook_normalized(out)
+
+    def forward_split(self, embed: Float[Tensor, "batch pos d_model"], pos: Float[Tensor, "batch pos d_model"],
+                      hook_embed: HookPoint, hook_pos: HookPoint) -> Float[Tensor, "batch pos d_model"]:
+        """``LN(embed + pos)`` written as the sum of two shares that ``hook_embed`` / ``hook_pos`` see:
+        ``(embed - mean(embed)) / s * w`` and ``(pos - mean(pos)) / s * w + b`` with ``s`` the scale of
+        the sum (``hook_scale``). This is TL's ``apply_ln_to_stack`` split of a LayerNorm input, so the
+        two hooks add up to the normalized stream (CLIP's ``ln_pre``). Fused kernel when nothing
+        observes the shares."""
+        if not is_hooked(self.hook_scale, hook_embed, hook_pos):
+            return self.forward(embed + pos)
+        x = embed + pos
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        embed_share = hook_embed((embed - embed.mean(-1, keepdim=True)) / scale * self.w)
+        pos_share = hook_pos((pos - pos.mean(-1, keepdim=True)) / scale * self.w + self.b)
+        return self.hook_normalized(embed_share + pos_share)
+
+
+class PooledFinalNorm(nn.Module):
+    """TransformerLens's ``ln_final`` for a model whose final norm is ``fc_norm`` on the pooled features.
+
+    Not used by the forward pass (which pools, then applies ``fc_norm``). It normalizes every position
+    of a ``[batch, pos, d_model]`` stream with the statistics of the pooled vector: centred per position,
+    divided by the pooled vector's scale, then ``fc_norm``'s weight and bias. Pooling its output gives
+    exactly ``fc_norm(pool(x))`` (centring is linear), so per-position attributions average (or, for CLS
+    pooling, select) to the model's logits. Holds no parameters of its own: ``fc_norm`` and ``pool`` are
+    references to the model's.
+    """
+
+    def __init__(self, fc_norm: LayerNorm, pool) -> None:
+        super().__init__()
+        object.__setattr__(self, "fc_norm", fc_norm)  # not a submodule: no duplicate state-dict keys
+        object.__setattr__(self, "pool", pool)
+
+    def pooled_scale(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch 1 1"]:
+        pooled = self.pool(x)
+        var = (pooled - pooled.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True)
+        return (var + self.fc_norm.eps).sqrt()[:, None]
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        centred = x - x.mean(-1, keepdim=True)
+        return centred / self.pooled_scale(x) * self.fc_norm.w + self.fc_norm.b
