@@ -147,6 +147,9 @@ CASES = [
          r"unknown timm model 'vit_nope_patch16_224' \('timm_model_name' in '.*tiny\.json'\); close matches"),
     Case("from_timm: unknown name", lambda t: HookedViT.from_timm("vit_nope_patch16_224", pretrained=False),
          ValueError, r"unknown timm model 'vit_nope_patch16_224'"),
+    Case("from_timm: unknown pretrained tag", lambda t: HookedViT.from_timm("vit_base_patch16_224.bogus"),
+         ValueError, r"unknown pretrained tag 'bogus' for timm model 'vit_base_patch16_224'.*available: "
+                     r"vit_base_patch16_224\."),
     Case("from_timm: dynamic_img_size=True", lambda t: HookedViT.from_timm(timm.create_model(
         FAMILIES["vit"][0], dynamic_img_size=True, **FAMILIES["vit"][1])), UnsupportedModelError,
          r"dynamic_img_size=True"),

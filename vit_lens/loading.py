@@ -92,6 +92,16 @@ def check_timm_name(name: Any, where: str = "model name") -> None:
         close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3, cutoff=0.6)
         raise ValueError(f"unknown timm model {name!r} ({where}); "
                          + (f"close matches: {', '.join(close)}" if close else "see timm.list_models()"))
+    arch, _, tag = name.partition(".")
+    if tag and ":" not in name:
+        from timm.models import get_pretrained_cfg
+
+        try:
+            get_pretrained_cfg(name)
+        except RuntimeError:  # timm: "Invalid pretrained tag"
+            tags = timm.list_pretrained(arch + ".*")
+            raise ValueError(f"unknown pretrained tag {tag!r} for timm model {arch!r} ({where}); available: "
+                             f"{', '.join(tags[:6]) or 'none'}{' ...' if len(tags) > 6 else ''}") from None
 
 
 def create_timm_model(name: str, *, pretrained: bool, checkpoint_path=None, **timm_kwargs: Any) -> nn.Module:
