@@ -1,12 +1,20 @@
-"""Agreement of E-CAAP (engine="efficient") with exact CAAP on real DINOv2 weights (../shared/eval).
+"""Agreement of the E-CAAP variants with exact CAAP on real DINOv2 weights (../shared/eval).
 
-For every DAVIS frame of the manifest: both maps for the same class, then the per-image Spearman rank
-correlation of the two 16x16 maps, the max |difference| relative to the map's range, and the top-1
-patch agreement. Needs ../shared/eval (not shipped with the library).
+For every DAVIS frame of the manifest, each variant's map and the exact one for the same class: per-image
+Spearman rank correlation of the 16x16 maps, max |difference| relative to the exact map's range, top-1 patch
+agreement, and the time per image (interleaved, so machine load hits every variant alike). Variants:
+
+* ``e-caap``      the library default: prefix (CLS/register) queries approximated, live patch queries exact;
+* ``e-caap-eq9``  the paper's App. B.1 Eqs. 8-9: blank queries score the blank keys for CLS AND patch
+                  queries, blank values replaced by their uniform mean;
+* ``e-caap-all``  the default statistics for CLS and patch queries (softmax-weighted values, no uniform mean).
+
+Needs ../shared/eval (not shipped with the library).
 """
 import argparse
 import csv
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -14,7 +22,7 @@ from PIL import Image
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
-from caap import CAAP
+from caap import CAAP, get_method
 from vit_lens import HookedViT
 from vit_lens.patching import PrecomputedFrozenAttention
 
@@ -26,29 +34,41 @@ def main() -> None:
     parser.add_argument("--eval-dir", type=Path, default=EVAL)
     parser.add_argument("--model", default="dinov2_vits14_probe_in1k")
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--approximate-patch-queries", action="store_true",
-                        help="also approximate the live patch queries (not only CLS/registers)")
     args = parser.parse_args()
+    torch.set_grad_enabled(False)
     model = HookedViT.from_checkpoint(args.eval_dir / "models" / f"{args.model}.safetensors")
     rows = list(csv.DictReader(open(args.eval_dir / "davis" / "manifest.csv")))[: args.limit]
-    frozen = PrecomputedFrozenAttention(exact_patch_queries=not args.approximate_patch_queries)
-    exact, efficient = CAAP(model, engine="parallel"), CAAP(model, engine="efficient", frozen_attention=frozen)
-    rhos, rel, top1 = [], [], []
+    methods = {"caap": CAAP(model, engine="parallel", progress=False),
+               "e-caap": get_method("e-caap", model, progress=False),
+               "e-caap-eq9": get_method("e-caap-eq9", model, progress=False),
+               "e-caap-all": CAAP(model, engine="efficient", progress=False,
+                                  frozen_attention=PrecomputedFrozenAttention(exact_patch_queries=False))}
+    stats = {name: {"rho": [], "rel": [], "top1": [], "sec": []} for name in methods}
     for row in tqdm(rows, desc="DAVIS frames"):
         x = model.transform(Image.open(args.eval_dir / "davis" / row["image"]).convert("RGB"))[None]
         # probe_in1k: explain the annotated ImageNet class; other heads: the predicted class
-        target = int(row["label"]) if model.cfg.num_classes == 1000 else None
-        a, b = exact.attribute(x, target)[0].flatten(), efficient.attribute(x, target)[0].flatten()
-        rhos.append(spearmanr(a.numpy(), b.numpy()).statistic)
-        rel.append(((a - b).abs().max() / (a.max() - a.min())).item())
-        top1.append(int(a.argmax() == b.argmax()))
-    q = statistics.quantiles(rhos, n=10)
-    print(f"model {args.model}, {len(rows)} DAVIS frames, default CAAP (3x3 box, blocks 0..8, white blank), "
-          f"E-CAAP approximating {'CLS/register and patch' if args.approximate_patch_queries else 'CLS/register'} queries")
-    print(f"Spearman(exact, efficient) per image: mean {statistics.mean(rhos):.4f}, median "
-          f"{statistics.median(rhos):.4f}, min {min(rhos):.4f}, 10th percentile {q[0]:.4f}")
-    print(f"max |diff| / range of exact map: mean {statistics.mean(rel):.4f}, max {max(rel):.4f}")
-    print(f"same top-1 patch: {sum(top1)}/{len(top1)}")
+        target = int(row["label"]) if model.cfg.num_classes == 1000 else int(model(x).argmax())
+        maps = {}
+        for name, method in methods.items():
+            start = time.perf_counter()
+            maps[name] = method.attribute(x, target)[0].flatten()
+            stats[name]["sec"].append(time.perf_counter() - start)
+        a = maps["caap"]
+        for name in list(methods)[1:]:
+            b = maps[name]
+            stats[name]["rho"].append(spearmanr(a.numpy(), b.numpy()).statistic)
+            stats[name]["rel"].append(((a - b).abs().max() / (a.max() - a.min())).item())
+            stats[name]["top1"].append(int(a.argmax() == b.argmax()))
+    print(f"model {args.model}, {len(rows)} DAVIS frames, default CAAP (3x3 box, blocks 0..ceil(2L/3), white blank)")
+    exact_sec = statistics.median(stats["caap"]["sec"])
+    print(f"caap (exact parallel): median {exact_sec:.3f} s/image")
+    for name in list(methods)[1:]:
+        s = stats[name]
+        q = statistics.quantiles(s["rho"], n=10)
+        print(f"{name}: Spearman mean {statistics.mean(s['rho']):.4f}, median {statistics.median(s['rho']):.4f}, "
+              f"min {min(s['rho']):.4f}, 10th pct {q[0]:.4f}; max|diff|/range mean {statistics.mean(s['rel']):.4f}; "
+              f"same top-1 patch {sum(s['top1'])}/{len(s['top1'])}; median {statistics.median(s['sec']):.3f} s/image "
+              f"({statistics.median(s['sec']) / exact_sec:.2f} x exact)")
 
 
 if __name__ == "__main__":

@@ -1,34 +1,33 @@
-"""Faithfulness and localization of CAAP, E-CAAP and baselines on the DAVIS-composites (real weights).
+"""Thin wrapper: the README's quality table on the DAVIS-composites with ``caap bench``.
 
-Model ``dinov2_vits14_davis20`` (../shared/eval), the single-object composites, correctly classified
-images only, explaining the true class. Results are appended to a JSONL file as they are computed
-(rerun to resume) and summarized as a markdown table (metrics x 100, mean ± standard error).
+Equivalent to::
+
+    caap bench --weights ../shared/eval/models/dinov2_vits14_davis20.safetensors --dataset manifest \
+        --root ../shared/eval/composites/manifest.csv --split single \
+        --methods caap,e-caap,e-caap-eq9,simple-insertion,simple-deletion,grad-cam --out outputs/quality/composites
+
+Extra arguments are passed on (e.g. ``--n-steps 16``, ``--only-correct``, ``--n 50``). Needs ../shared/eval.
 """
-import argparse
+import sys
 from pathlib import Path
 
-from analysis.data import load_manifest
-from analysis.evaluate import default_methods, evaluate, format_table, summarize
-from vit_lens import HookedViT
+from analysis.cli import main
 
 EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval"
+METHODS = "caap,e-caap,e-caap-eq9,simple-insertion,simple-deletion,grad-cam"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--eval-dir", type=Path, default=EVAL)
-    parser.add_argument("--kind", default="single", choices=["single", "pair"])
-    parser.add_argument("--out", type=Path, default=Path("outputs/quality/composites_single.jsonl"))
-    parser.add_argument("--n-steps", type=int, default=32)
-    parser.add_argument("--limit", type=int, default=None)
-    args = parser.parse_args()
-    model = HookedViT.from_checkpoint(args.eval_dir / "models" / "dinov2_vits14_davis20.safetensors")
-    samples = load_manifest(args.eval_dir / "composites" / "manifest.csv", kind=args.kind)[: args.limit]
-    records = evaluate(model, default_methods(model), samples, args.out, only_correct=True, n_steps=args.n_steps)
-    print(f"dinov2_vits14_davis20, composites ({args.kind}), correctly classified images, true class, "
-          f"{args.n_steps} perturbation steps")
-    print(format_table(summarize(records)))
+def argv(extra: list[str]) -> list[str]:
+    defaults = {"--weights": str(EVAL / "models" / "dinov2_vits14_davis20.safetensors"), "--dataset": "manifest",
+                "--root": str(EVAL / "composites" / "manifest.csv"), "--split": "single", "--methods": METHODS,
+                "--out": "outputs/quality/composites"}
+    given = {a for a in extra if a.startswith("--")}
+    out = ["bench"]
+    for flag, value in defaults.items():
+        if flag not in given and not (flag == "--weights" and "--model" in given):
+            out += [flag, value]
+    return out + extra
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(argv(sys.argv[1:])))
