@@ -18,6 +18,8 @@ _BUILTINS: dict[str, tuple[str, dict[str, Any]]] = {
     "grad-cam": ("caap.baselines.gradcam:GradCAM", {}),
     "simple-insertion": ("caap.baselines.input_perturbation:SimpleInsertion", {}),
     "simple-deletion": ("caap.baselines.input_perturbation:SimpleDeletion", {}),
+    "rise": ("caap.baselines.rise:RISE", {}),
+    "occlusion": ("caap.baselines.occlusion:Occlusion", {}),
     "t-attr": ("caap.baselines.lrp:TransformerAttribution", {}),
     "tam": ("caap.baselines.tam:TransitionAttentionMaps", {}),
     "rollout": ("caap.baselines.rollout:AttentionRollout", {}),

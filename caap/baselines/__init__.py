@@ -9,8 +9,11 @@ from caap.baselines.lrp import TransformerAttribution
 from caap.baselines.tam import TransitionAttentionMaps
 from caap.baselines.input_x_gradient import InputXGradient, IxGPlus, LibraIxGPlus
 from caap.baselines.rollout import GAE, AttentionRollout
+from caap.baselines.rise import RISE
+from caap.baselines.occlusion import Occlusion
 
 __all__ = ["GradCAM", "SimpleDeletion", "SimpleInsertion"]
 __all__ += ["TransformerAttribution", "TransitionAttentionMaps"]
 __all__ += ["InputXGradient", "IxGPlus", "LibraIxGPlus"]
 __all__ += ["AttentionRollout", "GAE"]
+__all__ += ["RISE", "Occlusion"]
