@@ -22,6 +22,7 @@ _BUILTINS: dict[str, tuple[str, dict[str, Any]]] = {
     "occlusion": ("caap.baselines.occlusion:Occlusion", {}),
     "t-attr": ("caap.baselines.lrp:TransformerAttribution", {}),
     "tam": ("caap.baselines.tam:TransitionAttentionMaps", {}),
+    "mutex": ("caap.baselines.mutex:MUTEX", {}),
     "rollout": ("caap.baselines.rollout:AttentionRollout", {}),
     "gae": ("caap.baselines.rollout:GAE", {}),
     "ixg": ("caap.baselines.input_x_gradient:InputXGradient", {}),

@@ -5,6 +5,7 @@ like :class:`caap.CAAP`; :mod:`caap.registry` names them.
 """
 from caap.baselines.gradcam import GradCAM
 from caap.baselines.input_perturbation import SimpleDeletion, SimpleInsertion
+from caap.baselines.mutex import MUTEX
 from caap.baselines.lrp import TransformerAttribution
 from caap.baselines.tam import TransitionAttentionMaps
 from caap.baselines.input_x_gradient import InputXGradient, IxGPlus, LibraIxGPlus
@@ -14,6 +15,7 @@ from caap.baselines.occlusion import Occlusion
 
 __all__ = ["GradCAM", "SimpleDeletion", "SimpleInsertion"]
 __all__ += ["TransformerAttribution", "TransitionAttentionMaps"]
+__all__ += ["MUTEX"]
 __all__ += ["InputXGradient", "IxGPlus", "LibraIxGPlus"]
 __all__ += ["AttentionRollout", "GAE"]
 __all__ += ["RISE", "Occlusion"]
