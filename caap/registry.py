@@ -15,6 +15,7 @@ _BUILTINS: dict[str, tuple[str, dict[str, Any]]] = {
     "caap": ("caap.caap:CAAP", {}),
     "e-caap": ("caap.caap:CAAP", {"engine": "efficient"}),
     "e-caap-eq9": ("caap.caap:CAAP", {"engine": "efficient", "frozen_attention": importlib.import_module("vit_lens.patching.uniform_frozen_attention").UniformFrozenAttention()}),  # noqa: E501  App. B.1 Eqs. 8-9
+    "caap-cnn": ("caap.cnn:CNNCAAP", {}),
     "grad-cam": ("caap.baselines.gradcam:GradCAM", {}),
     "simple-insertion": ("caap.baselines.input_perturbation:SimpleInsertion", {}),
     "simple-deletion": ("caap.baselines.input_perturbation:SimpleDeletion", {}),
