@@ -218,6 +218,32 @@ def load_model(args):
     return HookedViT.from_timm(args.model or DEFAULT_MODEL, pretrained=True, device=args.device)
 
 
+def load_checked_model(args):
+    """:func:`load_model` behind the CLI's checks (``--device``, ``--weights`` exists, ``--model`` known to timm,
+    fast failure offline); every user error raises :class:`UsageError`/``ValueError`` with one line. For other
+    subcommands (``caap bench``) too: ``args`` needs ``model``, ``weights`` and ``device``."""
+    check_device(args.device)
+    if args.weights is not None and not Path(args.weights).is_file():
+        raise UsageError(f"--weights: file not found: {str(args.weights)!r}")
+    from vit_lens.loading import check_timm_name
+
+    if args.model is not None:
+        check_timm_name(args.model, "--model")
+    name = args.model or DEFAULT_MODEL
+    offline = args.weights is None and fail_fast_offline()
+    if offline and weights_in_cache(name) is False:  # fail before building the model (seconds for ViT-B)
+        raise UsageError(f"cannot download weights for {name!r} (the Hugging Face Hub is unreachable and they "
+                         f"are not in the local cache); pass --weights FILE with a local timm checkpoint")
+    try:
+        return load_model(args)
+    except RuntimeError as err:
+        if "could not download" in str(err):
+            raise UsageError(f"cannot download weights for {name!r}"
+                             f"{' (the Hugging Face Hub is unreachable)' if offline else ' (offline?)'}; "
+                             f"pass --weights FILE with a local timm checkpoint") from None
+        raise
+
+
 def class_names(model) -> list[str]:
     if model.cfg.class_names:
         return list(model.cfg.class_names)
@@ -249,26 +275,7 @@ def resolve_target(spec: str | None, names: list[str]) -> int | None:
 def _explain(args) -> int:
     image = read_image(args.image)
     out = output_path(args.out, args.image)
-    check_device(args.device)
-    if args.weights is not None and not args.weights.is_file():
-        raise UsageError(f"--weights: file not found: {str(args.weights)!r}")
-    from vit_lens.loading import check_timm_name
-
-    if args.model is not None:
-        check_timm_name(args.model, "--model")
-    name = args.model or DEFAULT_MODEL
-    offline = args.weights is None and fail_fast_offline()
-    if offline and weights_in_cache(name) is False:  # fail before building the model (seconds for ViT-B)
-        raise UsageError(f"cannot download weights for {name!r} (the Hugging Face Hub is unreachable and they "
-                         f"are not in the local cache); pass --weights FILE with a local timm checkpoint")
-    try:
-        model = load_model(args)
-    except RuntimeError as err:
-        if "could not download" in str(err):
-            raise UsageError(f"cannot download weights for {name!r}"
-                             f"{' (the Hugging Face Hub is unreachable)' if offline else ' (offline?)'}; "
-                             f"pass --weights FILE with a local timm checkpoint") from None
-        raise
+    model = load_checked_model(args)
 
     import matplotlib
 
