@@ -157,7 +157,7 @@ def merge(out: Path, order: list[str], methods: list[str]) -> list[dict]:
     return [rows[k] for k in sorted(rows, key=lambda k: (rank[k[0]], mrank[k[1]]))]
 
 
-def write_tables(out: Path, rows: list[dict], methods: list[str]) -> str:
+def write_tables(out: Path, rows: list[dict], methods: list[str], settings: dict | None = None) -> str:
     from analysis.evaluate import format_csv, format_table, summarize
 
     summary = summarize(rows)
@@ -167,8 +167,10 @@ def write_tables(out: Path, rows: list[dict], methods: list[str]) -> str:
                         f"rows are in {out}")
     table = format_table(summary)
     skipped = sum(1 for r in rows if r.get("skipped"))
-    note = (f"\n\nmetrics x 100, mean ± SE (population SD / sqrt(n)); {len(rows)} rows, {skipped} skipped "
-            f"(misclassified, --only-correct)." if skipped else "\n\nmetrics x 100, mean ± SE (population SD / sqrt(n)).")
+    p = (settings or {}).get("protocol", {})
+    steps = f"{p['n_steps']} steps" if p.get("n_steps") else f"{p.get('pixels_per_step') or 'image width'} px per step"
+    note = (f"\n\nmetrics x 100, mean ± SE (population SD / sqrt(n)); target: {p.get('target')}; "
+            f"only_correct: {p.get('only_correct')}; {steps}; {len(rows)} rows, {skipped} skipped (misclassified).")
     (out / "table.md").write_text(table + note + "\n")
     (out / "table.csv").write_text(format_csv(summary))
     return table
@@ -246,7 +248,7 @@ def run(args) -> int:
     status = 0
     if rank == 0:
         rows = merge(out, names, settings["methods"])
-        table = write_tables(out, rows, [m for m in settings["methods"] if m in methods])
+        table = write_tables(out, rows, [m for m in settings["methods"] if m in methods], settings)
         print(table)
         print(f"wrote {out / 'table.md'}, {out / 'table.csv'} ({len(rows)} rows)")
     distributed.finish()
