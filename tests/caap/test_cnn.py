@@ -124,22 +124,23 @@ def test_resnet18_matches_hook_loop(resnets, source, px, n, patch, layers, radiu
 
 def test_chunks_memory_budget_and_prob(resnets):
     model = resnets["timm"]
-    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
-    full = CNNCAAP(model, image_size=64)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    opts = dict(image_size=32, patch_size=8, radius=0)  # K = 16 single-patch interventions
+    full = CNNCAAP(model, **opts)
     assert full.chunk_size >= 16
-    tiny = CNNCAAP(model, image_size=64, memory_budget_gb=1e-4)
+    tiny = CNNCAAP(model, memory_budget_gb=1e-5, **opts)
     assert tiny.chunk_size < 16
-    assert torch.allclose(tiny.attribute(images, 2), full.attribute(images, 2), atol=1e-5)
-    assert torch.allclose(CNNCAAP(model, image_size=64, chunk_size=5).attribute(images, 2),
-                          full.attribute(images, 2), atol=1e-5)
-    prob = CNNCAAP(model, image_size=64, score="prob").attribute(images, 2)
+    expected = full.attribute(images, 2)
+    assert torch.allclose(tiny.attribute(images, 2), expected, atol=1e-5)
+    assert torch.allclose(CNNCAAP(model, chunk_size=5, **opts).attribute(images, 2), expected, atol=1e-5)
+    prob = CNNCAAP(model, score="prob", **opts).attribute(images, 2)
     assert (prob >= 0).all() and (prob <= 1).all()
     with torch.no_grad():
         pred = model(images).argmax(-1)
     assert torch.equal(full.attribute(images), full.attribute(images, pred))
-    assert full.attribute_pixels(images, 2).shape == (2, 64, 64)
+    assert full.attribute_pixels(images, 2).shape == (2, 32, 32)
     # each image is explained on its own: the batch result equals one image at a time
-    assert torch.allclose(full.attribute(images[1:], 2)[0], full.attribute(images, 2)[1], atol=1e-5)
+    assert torch.allclose(full.attribute(images[1:], 2)[0], expected[1], atol=1e-5)
 
 
 def paper_cnns():
