@@ -69,3 +69,16 @@ def test_blank_context_is_cached_per_model_and_kind():
     assert blank_context(model, "white") is not blank_context(model, "black")
     assert blank_context(model, "noisy", seed=0) is not blank_context(model, "noisy", seed=1)
     assert blank_context(make_hooked("vit"), "white") is not blank_context(model, "white")
+
+
+def test_box_and_manhattan_match_their_distance_definitions_for_every_radius():
+    """Brute force over all cells: box = Chebyshev <= r, manhattan = L1 <= r; radii past the grid (capped
+    enumeration) included."""
+    grid = (4, 5)
+    cells = [(r, c) for r in range(4) for c in range(5)]
+    for radius in (0, 1, 2, 3, 6, 7, 8, 1000):
+        for row, col in cells:
+            box = sorted(r * 5 + c for r, c in cells if max(abs(r - row), abs(c - col)) <= radius)
+            l1 = sorted(r * 5 + c for r, c in cells if abs(r - row) + abs(c - col) <= radius)
+            assert sorted(neighbourhood(row, col, grid, "box", radius)) == box
+            assert sorted(neighbourhood(row, col, grid, "manhattan", radius)) == l1
