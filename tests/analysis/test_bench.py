@@ -115,3 +115,10 @@ def test_torchrun_two_gloo_ranks_equal_a_single_process(setup, tmp_path):
     assert main(args(setup, multi)) == 0
     assert len((multi / "results.jsonl").read_text().splitlines()) == len(lines) - 1
     assert (multi / "table.md").read_text() == (single / "table.md").read_text()
+
+
+def test_console_script_dispatches_explain(setup, tmp_path, capsys):
+    out = tmp_path / "o.png"
+    assert main(["explain", str(setup / "im0.png"), "--weights", str(setup / "tiny.safetensors"), "--out", str(out)]) == 0
+    assert out.is_file() and "top-5" in capsys.readouterr().out
+    assert main(["explain", str(tmp_path / "missing.png"), "--weights", str(setup / "tiny.safetensors")]) == 2
