@@ -25,6 +25,10 @@ class _InputPerturbation:
                  score: str = "logit", chunk_size: int | None = None,
                  memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB, blank_seed: int = 0,
                  progress: bool | None = None):
+        if not hasattr(model, "cfg"):  # a plain CNN: give it the patch grid/blank interface (224 px, 16-px patches)
+            from caap.cnn_model import as_cnn_classifier
+
+            model = as_cnn_classifier(model)
         self.model, self.score, self.chunk_size, self.progress = model, score, chunk_size, progress
         self.memory_budget_gb = memory_budget_gb
         cfg = model.cfg

@@ -195,3 +195,25 @@ def test_refusals_and_registry(resnets):
     with pytest.raises(UnsupportedModelError, match="does not reproduce"):
         CNNClassifier(m, image_size=64, stem=nn.Sequential(m.conv1, m.bn1, m.act1, m.maxpool),
                       blocks=[m.layer1, m.layer2, m.layer3, m.layer4], head=lambda x: m.forward_head(x) + 1)
+
+
+def test_simple_insertion_and_deletion_accept_a_cnn(resnets):
+    """Both baselines on a wrapped CNN (any size) and on a raw CNN (wrapped at 224 px, 16-px patches)."""
+    from caap import SimpleDeletion, SimpleInsertion
+
+    model = resnets["torchvision"]
+    wrapped = CNNClassifier(model, image_size=32, patch_size=8)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    target = torch.tensor([0, 5])
+    ins = SimpleInsertion(wrapped, blank="black", radius=0).attribute(images, target)
+    dele = SimpleDeletion(wrapped, blank="black", radius=0).attribute(images, target)
+    blank = blank_image(wrapped, "black")
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:16, 16:24] = 1  # patch (1, 2) of the 4x4 grid
+    with torch.no_grad():
+        score = lambda x: model(x).gather(1, target[:, None])[:, 0]  # noqa: E731
+        inserted, deleted, clean = score(blank + mask * (images - blank)), score(images + mask * (blank - images)), score(images)
+    assert torch.allclose(ins[:, 1, 2], inserted, atol=1e-4)
+    assert torch.allclose(dele[:, 1, 2], clean - deleted, atol=1e-4)
+    raw = SimpleInsertion(model)
+    assert raw.model.cfg.grid_size == (14, 14) and isinstance(raw.model, CNNClassifier)
