@@ -24,8 +24,8 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 logger = logging.getLogger(__name__)
 
 
-class UsageError(Exception):
-    """A user error: reported in one line, exit status 2."""
+class UsageError(ValueError):
+    """A user error: reported in one line, exit status 2 (a ValueError, so callers catching ValueError see it)."""
 
 
 # ------------------------------------------------------------------------------------------ arguments
