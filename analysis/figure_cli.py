@@ -252,7 +252,7 @@ def _layers(args, model) -> int:
     bad = [e for e in ends if not 0 <= e < L]
     if bad:
         raise ValueError(f"--ends {bad} out of range: blocks are 0..{L - 1}")
-    summary = _evaluate_variants(args, model, "layers", layer_sweep_methods(model, ends), {"ends": ends})
+    summary = _evaluate_variants(args, model, "layers", layer_sweep_methods(model, ends), {"variants": ends})
     cutoff = default_layers(L)[1]
     _save(plot_layer_sweep(summary, cutoff=cutoff, title=f"CAAP patching blocks 0..l_e "
                                                          f"({model.cfg.model_name or 'model'})"), args.out / "layers.png")
