@@ -21,6 +21,8 @@ _BUILTINS: dict[str, tuple[str, dict[str, Any]]] = {
     "simple-deletion": ("caap.baselines.input_perturbation:SimpleDeletion", {}),
     "rise": ("caap.baselines.rise:RISE", {}),
     "occlusion": ("caap.baselines.occlusion:Occlusion", {}),
+    "vit-cx": ("caap.baselines.vit_cx:ViTCX", {}),
+    "mda": ("caap.baselines.mda:MDA", {}),
     "t-attr": ("caap.baselines.lrp:TransformerAttribution", {}),
     "tam": ("caap.baselines.tam:TransitionAttentionMaps", {}),
     "mutex": ("caap.baselines.mutex:MUTEX", {}),

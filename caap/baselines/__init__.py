@@ -12,6 +12,8 @@ from caap.baselines.input_x_gradient import InputXGradient, IxGPlus, LibraIxGPlu
 from caap.baselines.rollout import GAE, AttentionRollout
 from caap.baselines.rise import RISE
 from caap.baselines.occlusion import Occlusion
+from caap.baselines.vit_cx import ViTCX
+from caap.baselines.mda import MDA
 
 __all__ = ["GradCAM", "SimpleDeletion", "SimpleInsertion"]
 __all__ += ["TransformerAttribution", "TransitionAttentionMaps"]
@@ -19,3 +21,4 @@ __all__ += ["MUTEX"]
 __all__ += ["InputXGradient", "IxGPlus", "LibraIxGPlus"]
 __all__ += ["AttentionRollout", "GAE"]
 __all__ += ["RISE", "Occlusion"]
+__all__ += ["ViTCX", "MDA"]
