@@ -134,3 +134,17 @@ def test_one_patch_toy_ranks_the_patch_first():
     heat = MUTEX(model).attribute(image, int(drop.argmax()))
     assert int(heat.flatten().argmax()) == patch
     assert heat.flatten()[patch] > heat.flatten().sort().values[-2]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_float32_and_float64(family):
+    for dtype in (torch.float32, torch.float64):
+        model = make_hooked(family).to(dtype)
+        images = random_images(model).to(dtype)
+        method = MUTEX(model)
+        if family == "clip_headless":
+            with pytest.raises(ValueError, match="no classifier head"):
+                method.attribute(images)
+            return
+        out = method.attribute(images)
+        assert out.shape == (2, *model.cfg.grid_size) and out.dtype == dtype and torch.isfinite(out).all()
