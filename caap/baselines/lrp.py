@@ -24,7 +24,7 @@ Choices where their ViT has no counterpart (documented defaults):
 
 Cost per batch: one forward (attention cached), one backward to the attention maps, and one relevance
 pass, which evaluates every linear layer about four times (two forward-sized, two backward-sized matmuls):
-about 5-6 forwards in all.
+about 4 forwards in all (4.0 x a batch-1 forward measured on DINOv2-S/14 at 224 px, CPU).
 """
 from __future__ import annotations
 

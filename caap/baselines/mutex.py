@@ -26,7 +26,8 @@ and DeiT's distillation token), average-pooling models work (the mean runs over 
 empty selection is skipped (it adds nothing to any patch).
 
 Cost per image: 1 forward, plus one forward on ``n_prefix + ~(1 - token_ratio) n_patches`` tokens per
-non-empty selection (at most 54): about 27-30 full forwards at the defaults.
+non-empty selection (at most 54): about 27-30 full forwards of compute at the defaults, run batched
+(8.1 x a batch-1 forward in wall time on DINOv2-S/14 at 224 px, CPU).
 """
 from __future__ import annotations
 

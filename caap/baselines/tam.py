@@ -16,7 +16,8 @@ Follows XianrenYty/Transition_Attention_Maps (``baselines/ViT/interpret_methods.
 starts from the CLS row).
 
 Cost per batch: ``steps`` forwards (the ``alpha = 1`` one also caches the attention of every block) and
-``steps`` backwards through the last block and the head only (the blocks below run without a graph).
+``steps`` backwards through the last block and the head only (the blocks below run without a graph):
+about ``steps`` forwards in all (18.9 x a forward at ``steps=20``, DINOv2-S/14, 224 px, CPU).
 """
 from __future__ import annotations
 
