@@ -127,13 +127,17 @@ def get_act_patch_resid_pre(model, corrupted_images: Float[Tensor, "batch chan h
 
 def get_act_patch_attn_head_out_all_pos(model, corrupted_images: Float[Tensor, "batch chan height width"],
                                         clean_cache: Mapping[str, Tensor], metric: Metric, *,
-                                        metric_mode: MetricMode = "tl", chunk_size: int = 64,
-                                        progress: bool = False) -> Float[Tensor, "layer head"]:
+                                        layers: Sequence[int] | None = None, metric_mode: MetricMode = "tl",
+                                        chunk_size: int = 64, progress: bool = False) -> Float[Tensor, "layer head"]:
     """Patch one head's clean output (``attn.hook_z``, every position incl. the prefix) into the corrupted
-    run, for every (layer, head); returns ``[n_layers, n_heads]``."""
+    run, for every (layer, head); returns ``[n_layers, n_heads]`` (``[len(layers), n_heads]`` for a subset of
+    ``layers``). Cost: one forward per (layer, head), ``chunk_size`` batched together."""
     cfg = model.cfg
-    layers = torch.arange(cfg.n_layers).repeat_interleave(cfg.n_heads)
-    heads = torch.arange(cfg.n_heads).repeat(cfg.n_layers)
+    chosen = torch.arange(cfg.n_layers) if layers is None else torch.as_tensor(list(layers), dtype=torch.long)
+    if chosen.ndim != 1 or len(chosen) == 0 or chosen.min() < 0 or chosen.max() >= cfg.n_layers:
+        raise ValueError(f"layers must be block indices in [0, {cfg.n_layers}); got {layers!r}")
+    layers = chosen.repeat_interleave(cfg.n_heads)
+    heads = torch.arange(cfg.n_heads).repeat(len(chosen))
 
     def patch(act, head, layer):  # act [rows, batch, pos, head, d_head]
         clean = _clean(clean_cache, f"blocks.{layer}.attn.hook_z").to(act.device)
@@ -142,7 +146,7 @@ def get_act_patch_attn_head_out_all_pos(model, corrupted_images: Float[Tensor, "
 
     values = _sweep(model, corrupted_images, metric, layers, heads, "attn.hook_z", patch, chunk_size, progress,
                     metric_mode)
-    return values.view(cfg.n_layers, cfg.n_heads)
+    return values.view(len(chosen), cfg.n_heads)
 
 
 def tl_index_df(model, axis_names: Sequence[str] = ("layer", "pos")):

@@ -86,6 +86,8 @@ def test_head_sweep_matches_hook_loop():
     assert fast.shape == (model.cfg.n_layers, model.cfg.n_heads)
     assert expected.std() > 1e-3
     assert torch.allclose(fast, expected, atol=1e-5)
+    subset = get_act_patch_attn_head_out_all_pos(model, corrupted, cache, logit_diff, layers=[2, 0])
+    assert torch.allclose(subset, expected[[2, 0]], atol=1e-5)
 
 
 def test_bad_metric_and_positions_are_refused():
@@ -96,5 +98,7 @@ def test_bad_metric_and_positions_are_refused():
         get_act_patch_resid_pre(model, corrupted, cache, logit_diff, metric_mode="vmap")
     with pytest.raises(ValueError, match="positions in \\[0, 21\\)"):
         get_act_patch_resid_pre(model, corrupted, cache, logit_diff, positions=[21])
+    with pytest.raises(ValueError, match="layers must be block indices in \\[0, 3\\)"):
+        get_act_patch_attn_head_out_all_pos(model, corrupted, cache, logit_diff, layers=[3])
     with pytest.raises(ValueError, match="axis_names must be among"):
         tl_index_df(model, ("layer", "patch"))
