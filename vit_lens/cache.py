@@ -20,6 +20,11 @@ from transformer_lens.utilities import Slice
 class ViTActivationCache(ActivationCache):
     """What ``HookedViT.run_with_cache`` returns."""
 
+    def apply_slice_to_batch_dim(self, batch_slice):
+        """TL's, returning a ViTActivationCache (TL's builds a plain ActivationCache)."""
+        out = super().apply_slice_to_batch_dim(batch_slice)
+        return ViTActivationCache(out.cache_dict, self.model, has_batch_dim=out.has_batch_dim)
+
     def _pooled_final_norm(self, layer) -> bool:
         cfg = self.model.cfg
         return layer in (None, -1, cfg.n_layers) and cfg.fc_norm and not cfg.final_norm

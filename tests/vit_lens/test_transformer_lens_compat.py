@@ -158,6 +158,21 @@ def test_logit_attrs_sum_to_the_logit_up_to_the_folded_bias(family):
           logits[:, 2] - logits[:, 5])
 
 
+def test_pooled_final_norm_with_slices():
+    """avg pooling + fc_norm: the cached-scale path works on sliced stacks and batch-sliced caches; the
+    recomputed path needs every position and says so."""
+    model, _, logits, cache = run("vit_avg")
+    stack = cache.decompose_resid()
+    one_pos = cache.logit_attrs(stack[:, :, 5], tokens=torch.tensor([3, 3]), pos_slice=5)  # a pre-sliced stack
+    assert torch.allclose(one_pos, cache.logit_attrs(stack, tokens=3)[:, :, 5], atol=1e-6)
+    one = cache.apply_slice_to_batch_dim(1)
+    assert type(one) is type(cache)
+    attrs = one.logit_attrs(one.decompose_resid(), tokens=3)
+    close(attrs[:, model.cfg.n_prefix_tokens:].mean(-1).sum(0) + model.folded_b_U[3], logits[1, 3])
+    with pytest.raises(ValueError, match="needs every position"):
+        cache.accumulated_resid(apply_ln=True, pos_slice=0)
+
+
 def test_logit_lens_shapes_and_final_entry():
     model, _, logits, cache = run("vit")
     if not hasattr(cache, "logit_lens"):
