@@ -252,19 +252,31 @@ class HookedViT(TransformerLensWeights, HookedRootModule):
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Compute each head's output ``blocks.{l}.attn.hook_result`` ``[batch, pos, head, d_model]``
         (LayerScale included); costs that tensor per layer."""
-        self.cfg.use_attn_result = bool(use_attn_result)
+        self._set_flag("use_attn_result", use_attn_result)
 
     def set_use_attn_in(self, use_attn_in: bool) -> None:
         """Give each head its own copy of the residual stream, ``blocks.{l}.hook_attn_in``."""
-        self.cfg.use_attn_in = bool(use_attn_in)
+        self._set_flag("use_attn_in", use_attn_in)
 
     def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
         """Separate per-head query/key/value inputs ``blocks.{l}.hook_q_input/k_input/v_input``."""
-        self.cfg.use_split_qkv_input = bool(use_split_qkv_input)
+        self._set_flag("use_split_qkv_input", use_split_qkv_input)
 
     def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
         """Expose the MLP input (before ``ln2``) as ``blocks.{l}.hook_mlp_in``."""
-        self.cfg.use_hook_mlp_in = bool(use_hook_mlp_in)
+        self._set_flag("use_hook_mlp_in", use_hook_mlp_in)
+
+    def _set_flag(self, flag: str, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be a bool; got {value!r}")
+        if not value:  # a hook left on a point that stops firing would be silently ignored
+            hooked = [name for name, point in self.hook_dict.items()
+                      if (point._forward_hooks or point._backward_hooks) and name.split(".", 2)[-1] in GATED_HOOKS
+                      and GATED_HOOKS[name.split(".", 2)[-1]] == flag]
+            if hooked:
+                raise ValueError(f"cannot turn {flag} off while hooks are attached to {hooked[:3]}, which would "
+                                 f"stop firing; remove them first (model.reset_hooks(including_permanent=True))")
+        setattr(self.cfg, flag, value)
 
     def _sync_cfg_device(self) -> None:
         weight = self.patch_embed.proj.weight

@@ -109,6 +109,11 @@ def test_gated_hook_requested_while_off_is_refused():
         getattr(model, f"set_{flag}")(True)
         _, cache = model.run_with_cache(x, names_filter=[name])
         assert list(cache.keys()) == [name]
+    model.add_hook("blocks.1.attn.hook_result", lambda a, hook: a, is_permanent=True)
+    with pytest.raises(ValueError, match="cannot turn use_attn_result off while hooks are attached"):
+        model.set_use_attn_result(False)
+    model.reset_hooks(including_permanent=True)
+    model.set_use_attn_result(False)
     with pytest.raises(ValueError, match="Unknown hook name 'blocks.0'"):  # a module, not a hook point
         model.run_with_hooks(x, fwd_hooks=[("blocks.0", lambda a, hook: a)])
 
