@@ -50,7 +50,7 @@ class ViTConfig:
     use_attn_in: bool = False  # ``blocks.{l}.hook_attn_in`` [batch, pos, head, d_model]
     use_split_qkv_input: bool = False  # ``blocks.{l}.hook_q_input/k_input/v_input`` [batch, pos, head, d_model]
     use_hook_mlp_in: bool = False  # ``blocks.{l}.hook_mlp_in`` [batch, pos, d_model]
-    device: str | None = None  # kept equal to the parameters' device by HookedViT (``model.to``)
+    device: Any = None  # torch.device, kept equal to the parameters' device by HookedViT (``model.to``)
     dtype: Any = None  # the parameters' dtype, kept in sync like ``device``
 
     # ------------------------------------------------------------ TransformerLens field names
