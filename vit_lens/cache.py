@@ -29,6 +29,16 @@ class ViTActivationCache(ActivationCache):
         cfg = self.model.cfg
         return layer in (None, -1, cfg.n_layers) and cfg.fc_norm and not cfg.final_norm
 
+    def _get_cached_ln_scale(self, layer, mlp_input, pos_slice, batch_slice=None):
+        """TL's helper for the fused LN + projection path: the pooled scale at every position here."""
+        if not self._pooled_final_norm(layer):
+            return super()._get_cached_ln_scale(layer, mlp_input, pos_slice, batch_slice)
+        pos_slice = pos_slice if isinstance(pos_slice, Slice) else Slice(pos_slice)
+        scale = self["fc_norm.hook_scale"]
+        if batch_slice is not None and self.has_batch_dim:
+            scale = batch_slice.apply(scale)
+        return scale if pos_slice.mode == "int" else scale.unsqueeze(-2)
+
     def apply_ln_to_stack(self, residual_stack, layer=None, mlp_input=False, pos_slice=None, batch_slice=None,
                           has_batch_dim=True, recompute_ln=False):
         if not self._pooled_final_norm(layer):

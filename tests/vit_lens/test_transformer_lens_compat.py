@@ -169,6 +169,9 @@ def test_pooled_final_norm_with_slices():
     assert type(one) is type(cache)
     attrs = one.logit_attrs(one.decompose_resid(), tokens=3)
     close(attrs[:, model.cfg.n_prefix_tokens:].mean(-1).sum(0) + model.folded_b_U[3], logits[1, 3])
+    direction = model.tokens_to_residual_directions(3)
+    projected = cache.get_full_resid_decomposition(apply_ln=True, project_output_onto=direction)  # fused path
+    close(pool(model, projected).sum(0) + model.folded_b_U[3], logits[:, 3])
     with pytest.raises(ValueError, match="needs every position"):
         cache.accumulated_resid(apply_ln=True, pos_slice=0)
 
