@@ -40,8 +40,9 @@ class _InputPerturbation:
         self.masks = grid.repeat_interleave(ph, 1).repeat_interleave(pw, 2)[:, None]  # [K, 1, H, W]
         self.blank = blank_image(model, blank, blank_seed)
 
-    def scores(self, image: Float[Tensor, "chan h w"], blank: Float[Tensor, "chan h w"], masks: Float[Tensor, "k 1 h w"],
-               target: Tensor) -> Float[Tensor, "k"]:
+    def scores(self, image: Float[Tensor, "chan h w"], blank: Float[Tensor, "chan h w"],
+               masks: Float[Tensor, "k 1 h w"], target: Tensor) -> Float[Tensor, "k"]:
+        """Per-patch scores of one image (K masked forwards through :func:`caap.masking.masked_scores`)."""
         raise NotImplementedError
 
     def _masked(self, image, reference, masks, target) -> Float[Tensor, "k"]:
