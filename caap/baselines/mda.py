@@ -171,7 +171,8 @@ class MDA:
         param = next(model.parameters())
         images = images.to(param.device)
         targets = resolve_targets(model, images, target)
-        prior = self.prior(images, targets).detach().float().reshape(len(images), -1).cpu()
+        with torch.inference_mode(False), torch.enable_grad():  # gradient priors also under inference-mode callers
+            prior = self.prior(images.clone(), targets.clone()).detach().float().reshape(len(images), -1).cpu()
         maps, self.last_history = [], []
         show = self.progress or (self.progress is None and len(images) > 1)
         for b in tqdm(range(len(images)), disable=not show, desc="MDA"):

@@ -81,3 +81,12 @@ def test_mda_ranks_the_informative_patch_first_and_is_deterministic():
     a = MDA(model, prior=lambda x, t: flat).attribute(image, target)
     assert int(a.flatten().argmax()) == patch
     assert torch.equal(a, MDA(model, prior=lambda x, t: flat).attribute(image, target))
+
+
+def test_default_prior_under_an_inference_mode_caller():
+    model = make_hooked("vit")
+    images = random_images(model, 1, seed=2)
+    mda = MDA(model, max_candidates=3)  # prior "tam" needs gradients
+    with torch.inference_mode():
+        inside = mda.attribute(images, 1)
+    assert torch.allclose(inside, mda.attribute(images, 1), atol=1e-6)

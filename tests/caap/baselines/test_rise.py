@@ -51,6 +51,8 @@ def test_rise_is_deterministic_with_a_seed():
     b = RISE(model, n_masks=16, seed=1).attribute(images, 2)
     c = RISE(model, n_masks=16, seed=2).attribute(images, 2)
     assert torch.equal(a, b) and not torch.equal(a, c)
+    with torch.inference_mode():
+        assert torch.equal(RISE(model, n_masks=16, seed=1).attribute(images, 2), a)
 
 
 def test_rise_ranks_the_informative_patch_first():
