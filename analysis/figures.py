@@ -75,6 +75,7 @@ def plot_layer_sweep(summary: Mapping[str, Mapping[str, tuple[float, float, int]
         means = [summary[name][metric][0] for name in summary]
         sems = [summary[name][metric][1] for name in summary]
         ax.errorbar(ends, means, yerr=sems, marker="o", capsize=2)
+        ax.set_xticks(ends)
         _mark_cutoff(ax, cutoff)
         ax.set_title(METRIC_TITLES.get(metric, metric))
         ax.set_xlabel(SWEEP_AXIS, fontsize=7)
