@@ -5,9 +5,10 @@ Saliency of pixel λ = E[P(class | I ⊙ M) | M(λ) = 1], estimated with N rando
 Each mask is an s×s grid of independent Bernoulli(p) cells, upsampled bilinearly to
 ``(s + 1) · ceil(H / s)`` pixels and cropped at a random shift in ``[0, ceil(H / s))`` per axis.
 
-Defaults (the paper's ResNet-50 setting): N = 4000, s = 7, p = 0.5, masked pixels take the dataset
-mean colour (``blank="mean"``, i.e. 0 after normalization: RISE multiplies the normalized input by the
-mask). Deviation: the upsampling clamps at the border (torch's bilinear, ``align_corners=False``) where
+Defaults: N = 4000, s = 7, p = 0.5 (the commonly used RISE setting, e.g. xplique's defaults; the
+reference notebooks use N = 2000, s = 8, p = 0.5 (Keras) and N = 6000, s = 8, p = 0.1 (PyTorch); the
+paper's own values could not be checked here), masked pixels take the dataset mean colour
+(``blank="mean"``, i.e. 0 after normalization: the reference multiplies the normalized input by the mask). Deviation: the upsampling clamps at the border (torch's bilinear, ``align_corners=False``) where
 the reference uses scikit-image's ``mode="reflect"``; this only changes the outermost half cell of the
 upsampled grid, most of which the random crop discards.
 
