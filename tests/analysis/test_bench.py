@@ -122,3 +122,16 @@ def test_console_script_dispatches_explain(setup, tmp_path, capsys):
     assert main(["explain", str(setup / "im0.png"), "--weights", str(setup / "tiny.safetensors"), "--out", str(out)]) == 0
     assert out.is_file() and "top-5" in capsys.readouterr().out
     assert main(["explain", str(tmp_path / "missing.png"), "--weights", str(setup / "tiny.safetensors")]) == 2
+
+
+def test_amp_bf16_runs_and_stays_close(setup, tmp_path):
+    exact, amp = tmp_path / "fp32", tmp_path / "bf16"
+    base = args(setup, exact, "--n", "2")
+    base[base.index("--methods") + 1] = "grad-cam"
+    assert main(base) == 0
+    base[base.index("--out") + 1] = str(amp)
+    assert main(base + ["--amp", "bf16"]) == 0
+    read = lambda d: [json.loads(line) for line in (d / "results.jsonl").read_text().splitlines()]  # noqa: E731
+    for a, b in zip(read(exact), read(amp)):
+        assert abs(a["deletion"] - b["deletion"]) < 0.05 and abs(a["insertion"] - b["insertion"]) < 0.05
+    assert json.loads((amp / "run.json").read_text())["amp"] == "bf16"
