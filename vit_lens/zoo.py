@@ -14,8 +14,8 @@ another tag of the same architecture):
   released no H/14, so H/14 is LAION-2B ``laion2b_ft_in1k``). A zero-shot head would need CLIP's text tower,
   which this library does not carry; use ``score=`` with a text embedding for that.
 * DINOv2 S/B/L/G/14 [Oquab et al.]: timm's ``lvd142m`` backbone at 224 px (timm resamples the 37x37 position
-  embedding to 16x16 bicubically; the official hub interpolates at run time with a 0.1 offset, so logits
-  differ slightly from ``torch.hub`` ones) plus the **official linear classifier** (CLS ⊕ mean of patch
+  embedding to 16x16 once at load, bicubic with antialiasing; the official hub interpolates at run time,
+  bicubic without antialiasing and a 0.1 offset, so logits differ slightly from ``torch.hub`` ones) plus the **official linear classifier** (CLS ⊕ mean of patch
   tokens; ``head_layers=4`` (default, as the official hub) concatenates the CLS tokens of the last four
   blocks), preprocessing as the official linear evaluation (resize 256, centre crop 224, bicubic).
 * CNNs: timm's ``tv_in1k`` tags, i.e. the torchvision weights.
