@@ -137,6 +137,7 @@ class CNNCAAP:
         one class per image (ignored when ``score`` is a callable)."""
         model, end = self.model, self.layers[1]
         model.check_images(images)
+        images = images.to(self.blank_maps[0].device)
         targets = None if callable(self.score) else resolve_targets(model, images, target)
         source = model.block_inputs(images, upto=end)[end]  # h^{l_e}(x) [batch, C, h, w]
         blank, mask = self.blank_maps[end], self.masks[end]
