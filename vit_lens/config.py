@@ -4,8 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Pooling = Literal["token", "avg"]
-Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
+Pooling = Literal["token", "avg", "cls_mean"]
+Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "silu"]
+MlpType = Literal["mlp", "swiglu"]
 
 
 @dataclass
@@ -27,9 +28,11 @@ class ViTConfig:
     has_cls_token: bool = True
     n_register_tokens: int = 0
     pos_embed_on_prefix: bool = True  # False for timm's ``no_embed_class`` (DeiT3, DINOv2-reg)
-    pooling: Pooling = "token"
+    pooling: Pooling = "token"  # "cls_mean": CLS ⊕ mean of the patch tokens (official DINOv2 linear heads)
+    head_n_last_blocks: int = 1  # pooling="cls_mean": the CLS tokens of the last n blocks (1 or 4) come first
     num_classes: int = 0
     act_fn: Activation = "gelu"
+    mlp_type: MlpType = "mlp"  # "swiglu": gated MLP (timm SwiGLUPacked/SwiGLU, DINOv2-G), act_fn is the gate's
     eps: float = 1e-6
     pre_norm: bool = False  # CLIP's ``norm_pre`` before the first block
     layer_scale: bool = False
@@ -58,12 +61,21 @@ class ViTConfig:
     normalization_type = "LN"  # every norm of a timm ViT is an affine LayerNorm, applied unfolded
     attn_only = False
     final_rms = False
-    gated_mlp = False
     parallel_attn_mlp = False
     positional_embedding_type = "standard"  # learned absolute position embedding
     n_key_value_heads = None  # no grouped-query attention
     n_devices = 1
     d_vocab = -1  # no token vocabulary: the input is pixels (see ``d_vocab_out`` for the classes)
+
+    @property
+    def gated_mlp(self) -> bool:
+        """TL's flag: the MLPs are gated (``mlp.hook_pre_linear``, ``W_gate``)."""
+        return self.mlp_type == "swiglu"
+
+    @property
+    def d_pooled(self) -> int:
+        """Width of ``hook_pre_logits``: ``d_model``, or ``(1 + head_n_last_blocks) * d_model`` for ``cls_mean``."""
+        return (1 + self.head_n_last_blocks) * self.d_model if self.pooling == "cls_mean" else self.d_model
 
     @property
     def n_ctx(self) -> int:

@@ -57,7 +57,7 @@ class HookedViT(TransformerLensWeights, HookedRootModule):
             self.ln_final = LayerNorm(d, cfg.eps)
         else:  # TL's ``ln_final`` for analysis only; the forward pass does not use it (see vit_lens.cache)
             self.ln_final = PooledFinalNorm(self.fc_norm, self.pool) if cfg.fc_norm else nn.Identity()
-        self.head = nn.Linear(d, cfg.num_classes) if cfg.num_classes > 0 else None
+        self.head = nn.Linear(cfg.d_pooled, cfg.num_classes) if cfg.num_classes > 0 else None
         self.hook_embed = HookPoint()
         self.hook_pos_embed = HookPoint()
         self.hook_pre_logits = HookPoint()
@@ -157,14 +157,27 @@ class HookedViT(TransformerLensWeights, HookedRootModule):
         """``ln_final`` when the model has one (timm moves it to ``fc_norm`` for avg pooling)."""
         return self.ln_final(resid) if self.cfg.final_norm else resid
 
-    def pool(self, tokens: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
-        if self.cfg.pooling == "token":
+    def pool(self, tokens: Float[Tensor, "batch pos d_model"],
+             earlier_cls: tuple[Tensor, ...] = ()) -> Float[Tensor, "batch d_pooled"]:
+        """``"token"``: CLS; ``"avg"``: mean of the patch tokens; ``"cls_mean"`` (official DINOv2 linear
+        heads): the normed CLS of the last ``head_n_last_blocks`` blocks (``earlier_cls``, oldest first, then
+        this one) ⊕ the mean of the patch tokens (registers excluded)."""
+        cfg = self.cfg
+        if cfg.pooling == "token":
             return tokens[:, 0]
-        return tokens[:, self.cfg.n_prefix_tokens:].mean(dim=1)
+        patches_mean = tokens[:, cfg.n_prefix_tokens:].mean(dim=1)
+        if cfg.pooling == "avg":
+            return patches_mean
+        if len(earlier_cls) != cfg.head_n_last_blocks - 1:
+            raise ValueError(f"pooling='cls_mean' with head_n_last_blocks={cfg.head_n_last_blocks} needs the CLS "
+                             f"tokens of the {cfg.head_n_last_blocks - 1} blocks before the last; got "
+                             f"{len(earlier_cls)} (run forward_from_resid, which collects them)")
+        return torch.cat([*earlier_cls, tokens[:, 0], patches_mean], dim=-1)
 
-    def forward_head(self, tokens: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch out"]:
+    def forward_head(self, tokens: Float[Tensor, "batch pos d_model"],
+                     earlier_cls: tuple[Tensor, ...] = ()) -> Float[Tensor, "batch out"]:
         """Pool, ``fc_norm``, ``hook_pre_logits``, classifier (if the model has one)."""
-        pooled = self.pool(tokens)
+        pooled = self.pool(tokens, earlier_cls)
         if self.fc_norm is not None:
             pooled = self.fc_norm(pooled)
         pooled = self.hook_pre_logits(pooled)
@@ -174,13 +187,43 @@ class HookedViT(TransformerLensWeights, HookedRootModule):
         """Resume the forward pass from ``blocks.{start_layer}.hook_resid_pre`` (all hooks fire)."""
         if not 0 <= start_layer <= self.cfg.n_layers:
             raise ValueError(f"start_layer must be in [0, {self.cfg.n_layers}]; got {start_layer}")
-        for block in self.blocks[start_layer:]:
-            resid = block(resid)
-        return self.forward_head(self.final_norm(resid))
+        cfg = self.cfg
+        first_kept = cfg.n_layers - cfg.head_n_last_blocks if cfg.pooling == "cls_mean" else cfg.n_layers
+        if start_layer > first_kept:
+            raise ValueError(f"start_layer={start_layer}: the DINOv2 linear head reads the CLS token after block "
+                             f"{first_kept}, so resume from start_layer <= {first_kept}")
+        earlier_cls = []
+        for b in range(start_layer, cfg.n_layers):
+            resid = self.blocks[b](resid)
+            if first_kept <= b < cfg.n_layers - 1:  # normed like the last block, without firing ln_final hooks
+                earlier_cls.append(self.ln_final.normalize_unhooked(resid[:, 0]))
+        return self.forward_head(self.final_norm(resid), tuple(earlier_cls))
 
     def forward(self, images: Float[Tensor, "batch chan height width"]) -> Float[Tensor, "batch out"]:
-        """Logits ``[batch, num_classes]`` (pooled features ``[batch, d_model]`` for a headless model)."""
-        return self.forward_head(self.forward_features(images))
+        """Logits ``[batch, num_classes]`` (pooled features ``[batch, d_pooled]`` for a headless model)."""
+        return self.forward_from_resid(self.embed(images), 0)
+
+    def set_cls_mean_head(self, weight: Float[Tensor, "n_classes d_pooled"], bias: Float[Tensor, "n_classes"],
+                          n_last_blocks: int = 1) -> None:
+        """Replace the head by a linear classifier on ``pooling="cls_mean"`` features (official DINOv2 linear
+        heads, ``vit_lens.zoo``): CLS of the last ``n_last_blocks`` blocks ⊕ mean patch token, each after the
+        final norm. The parallel engines refuse this pooling (use ``engine="loop"``)."""
+        cfg = self.cfg
+        if not cfg.has_cls_token or not cfg.final_norm or cfg.fc_norm:
+            raise ValueError("a cls_mean head needs a CLS token and a final norm without fc_norm (DINOv2)")
+        if not isinstance(n_last_blocks, int) or not 1 <= n_last_blocks <= cfg.n_layers:
+            raise ValueError(f"n_last_blocks must be an int in [1, {cfg.n_layers}]; got {n_last_blocks!r}")
+        d_in = (1 + n_last_blocks) * cfg.d_model
+        if weight.ndim != 2 or weight.shape[1] != d_in or tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"head weight must be [n_classes, {d_in}] and bias [n_classes] for n_last_blocks="
+                             f"{n_last_blocks}; got {tuple(weight.shape)} and {tuple(bias.shape)}")
+        param = self.cls_token
+        head = nn.Linear(d_in, weight.shape[0]).to(param.device, param.dtype)
+        with torch.no_grad():
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
+        cfg.pooling, cfg.head_n_last_blocks, cfg.num_classes = "cls_mean", n_last_blocks, weight.shape[0]
+        self.head = head
 
     # ------------------------------------------------------------------ hooks
     def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:

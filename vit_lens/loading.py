@@ -179,7 +179,9 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
     if tuple(pe.proj.kernel_size) != tuple(pe.proj.stride) or pe.proj.padding not in ((0, 0), 0, "valid"):
         raise UnsupportedModelError("unsupported overlapping or padded patch embedding")
 
-    eps_values, acts, layer_scale = set(), set(), set()
+    from vit_lens.components.swiglu import check_timm_gated_mlp, is_timm_gated_mlp
+
+    eps_values, acts, layer_scale, mlp_kinds = set(), set(), set(), set()
     for i, blk in enumerate(model.blocks):
         where = f"blocks.{i}"
         if type(blk) is not Block:
@@ -193,23 +195,30 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
             raise UnsupportedModelError(f"unsupported scale_attn_norm at {where}")
         if getattr(attn, "gate", None) is not None:
             raise UnsupportedModelError(f"unsupported gated attention at {where}")
-        if type(blk.mlp) is not Mlp or not isinstance(blk.mlp.norm, nn.Identity):
+        if is_timm_gated_mlp(blk.mlp):  # SwiGLUPacked (DINOv2-G), SwiGLU, GluMlp
+            d_mlp, act = check_timm_gated_mlp(blk.mlp, where, _activation_name)
+            mlp_kinds.add(("swiglu", d_mlp))
+        elif type(blk.mlp) is not Mlp or not isinstance(blk.mlp.norm, nn.Identity):
             raise UnsupportedModelError(f"unsupported MLP {type(blk.mlp).__name__} at {where} "
-                                        f"(GLU/SwiGLU MLPs and scale_mlp_norm are not supported)")
+                                        f"(supported: Mlp, GluMlp/SwiGLUPacked, SwiGLU; no scale_mlp_norm)")
+        else:
+            act = _activation_name(blk.mlp.act)
+            mlp_kinds.add(("mlp", blk.mlp.fc1.out_features))
         for name in ("ls1", "ls2"):
             ls = getattr(blk, name)
             if not isinstance(ls, nn.Identity) and not hasattr(ls, "gamma"):
                 raise UnsupportedModelError(f"unsupported layer scale {type(ls).__name__} at {where}")
             layer_scale.add(hasattr(ls, "gamma"))
         eps_values.update({_layer_norm_eps(blk.norm1, where + ".norm1"), _layer_norm_eps(blk.norm2, where + ".norm2")})
-        acts.add(_activation_name(blk.mlp.act))
+        acts.add(act)
     final_eps = {_layer_norm_eps(m, n) for m, n in ((model.norm_pre, "norm_pre"), (model.norm, "norm"),
                                                     (model.fc_norm, "fc_norm"))}
     eps_values |= final_eps - {None}
     if None in eps_values or len(eps_values) != 1:
         raise UnsupportedModelError(f"unsupported mix of LayerNorm eps values {sorted(e for e in eps_values if e)}")
-    if len(acts) != 1 or len(layer_scale) != 1:
-        raise UnsupportedModelError("unsupported model whose blocks differ in activation or layer scale")
+    if len(acts) != 1 or len(layer_scale) != 1 or len(mlp_kinds) != 1:
+        raise UnsupportedModelError("unsupported model whose blocks differ in activation, layer scale or MLP type")
+    mlp_type, d_mlp = mlp_kinds.pop()
     if not isinstance(model.head, (nn.Linear, nn.Identity)):
         raise UnsupportedModelError(f"unsupported classifier head {type(model.head).__name__}")
 
@@ -221,7 +230,7 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         d_model=model.embed_dim,
         n_heads=blk0.attn.num_heads,
         d_head=blk0.attn.head_dim,
-        d_mlp=blk0.mlp.fc1.out_features,
+        d_mlp=d_mlp,
         patch_size=tuple(pe.patch_size),
         image_size=tuple(pe.img_size),
         grid_size=grid,
@@ -231,6 +240,7 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         pooling=model.global_pool,
         num_classes=model.head.out_features if isinstance(model.head, nn.Linear) else 0,
         act_fn=acts.pop(),
+        mlp_type=mlp_type,
         eps=eps_values.pop(),
         pre_norm=not isinstance(model.norm_pre, nn.Identity),
         layer_scale=layer_scale.pop(),
@@ -263,6 +273,8 @@ def _linear(prefix: str, module: nn.Linear) -> dict[str, torch.Tensor]:
 
 def state_dict_from_timm(model: nn.Module, cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """Map a timm VisionTransformer's parameters onto HookedViT parameter names."""
+    from vit_lens.components.swiglu import gated_mlp_state_from_timm
+
     sd: dict[str, torch.Tensor] = {
         "patch_embed.proj.weight": model.patch_embed.proj.weight,
         "patch_embed.proj.bias": _bias(model.patch_embed.proj.bias, cfg.d_model),
@@ -282,8 +294,11 @@ def state_dict_from_timm(model: nn.Module, cfg: ViTConfig) -> dict[str, torch.Te
         if cfg.qkv_bias:
             sd[f"{p}.attn.qkv.bias"] = blk.attn.qkv.bias
         sd.update(_linear(f"{p}.attn.proj", blk.attn.proj))
-        sd.update(_linear(f"{p}.mlp.fc1", blk.mlp.fc1))
-        sd.update(_linear(f"{p}.mlp.fc2", blk.mlp.fc2))
+        if cfg.mlp_type == "swiglu":
+            sd.update(gated_mlp_state_from_timm(blk.mlp, f"{p}.mlp"))
+        else:
+            sd.update(_linear(f"{p}.mlp.fc1", blk.mlp.fc1))
+            sd.update(_linear(f"{p}.mlp.fc2", blk.mlp.fc2))
         if cfg.layer_scale:
             sd[f"{p}.ls1.gamma"] = blk.ls1.gamma
             sd[f"{p}.ls2.gamma"] = blk.ls2.gamma

@@ -123,13 +123,10 @@ def test_pth_is_loaded_weights_only(tmp_path):
     (dict(global_pool="map"), "map"),
     (dict(qk_norm=True), "qk_norm"),
     (dict(global_pool="max"), "global_pool='max'"),
-    (dict(mlp_layer="swiglu"), "MLP"),
+    (dict(scale_mlp_norm=True), "MLP"),  # SwiGLU MLPs are supported (tests/vit_lens/test_swiglu.py)
 ])
 def test_unsupported_features_are_refused(kwargs, feature):
     tiny = dict(depth=1, embed_dim=32, num_heads=2, img_size=32)
-    if kwargs.get("mlp_layer") == "swiglu":
-        from timm.layers import SwiGLUPacked
-        kwargs = dict(mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU)
     model = timm.create_model("vit_base_patch16_224", pretrained=False, **tiny, **kwargs)
     with pytest.raises(UnsupportedModelError, match=feature):
         HookedViT.from_timm(model)

@@ -10,6 +10,7 @@ from vit_lens.components.attention import Attention
 from vit_lens.components.hooks_util import HookPoint
 from vit_lens.components.layer_norm import LayerNorm
 from vit_lens.components.mlp import MLP
+from vit_lens.components.swiglu import GatedMLP
 
 
 class LayerScale(nn.Module):
@@ -44,7 +45,8 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.qkv_bias, layer_scale=self.ls1)
         self.ln2 = LayerNorm(cfg.d_model, cfg.eps)
         self.ls2 = LayerScale(cfg.d_model, cfg.layer_scale)
-        self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, layer_scale=self.ls2)
+        mlp_cls = GatedMLP if cfg.mlp_type == "swiglu" else MLP
+        self.mlp = mlp_cls(cfg.d_model, cfg.d_mlp, cfg.act_fn, layer_scale=self.ls2)
         self.hook_resid_pre = HookPoint()
         self.hook_attn_in = HookPoint()
         self.hook_q_input, self.hook_k_input, self.hook_v_input = HookPoint(), HookPoint(), HookPoint()

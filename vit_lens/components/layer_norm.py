@@ -30,6 +30,10 @@ class LayerNorm(nn.Module):
             out = F.layer_norm(x, self.w.shape, self.w, self.b, self.eps)
         return self.hook_normalized(out)
 
+    def normalize_unhooked(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """The same LayerNorm without firing its hooks (the DINOv2 four-layer head's earlier CLS tokens)."""
+        return F.layer_norm(x, self.w.shape, self.w, self.b, self.eps)
+
     def forward_split(self, embed: Float[Tensor, "batch pos d_model"], pos: Float[Tensor, "batch pos d_model"],
                       hook_embed: HookPoint, hook_pos: HookPoint) -> Float[Tensor, "batch pos d_model"]:
         """``LN(embed + pos)`` written as the sum of two shares that ``hook_embed`` / ``hook_pos`` see:
