@@ -62,3 +62,14 @@ def test_cnn_builds_offline_and_from_a_local_checkpoint(tmp_path):
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
     loaded = load_paper_model("paper:resnet18", checkpoint_path=path)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), other.state_dict().values()))
+
+
+@pytest.mark.parametrize("key,layers", [("dinov2-s14", 1), ("dinov2-g14", 4)])
+def test_dinov2_builds_offline_with_a_random_official_style_head(key, layers):
+    model = load_paper_model(f"paper:{key}", pretrained=False, head_layers=layers, img_size=56, depth=4,
+                             embed_dim=48, num_heads=3)
+    cfg = model.cfg
+    assert cfg.pooling == "cls_mean" and cfg.head_n_last_blocks == layers and cfg.num_classes == 1000
+    assert cfg.mlp_type == ("swiglu" if key == "dinov2-g14" else "mlp")
+    assert (cfg.crop_pct, cfg.interpolation, cfg.mean) == (0.875, "bicubic", (0.485, 0.456, 0.406))
+    assert model(torch.zeros(1, 3, 56, 56)).shape == (1, 1000)
