@@ -101,9 +101,9 @@ def resnet_block_inputs(model):
     return [model.maxpool, model.layer1, model.layer2, model.layer3]
 
 
-@pytest.mark.parametrize("source", ["torchvision", "timm"])
-@pytest.mark.parametrize("px,n,patch,layers,radius,freeze", [(64, 1, 16, None, 1, False), (32, 1, 8, (1, 2), 0, True),
-                                                             (64, 1, 32, (0, 1), 0, False)])
+@pytest.mark.parametrize("source,px,n,patch,layers,radius,freeze", [
+    ("torchvision", 64, 1, 16, None, 1, False), ("timm", 64, 1, 16, None, 1, False),
+    ("timm", 32, 1, 8, (1, 2), 0, True), ("torchvision", 64, 1, 32, (0, 1), 0, False)])
 def test_resnet18_matches_hook_loop(resnets, source, px, n, patch, layers, radius, freeze):
     """16 px patches on a stride-16 h^3 (one cell each), 8 px patches coarser than h^3 (centre cells) with
     the frozen context, 32 px patches owning several cells of h^1."""
