@@ -16,7 +16,7 @@ from caap.blanks import Blank, blank_context
 from caap.selection import Selection, all_neighbourhoods
 from caap.targets import resolve_targets
 from vit_lens.patching import ENGINES, ClassScore, Intervention, cache_context, run_patching
-from vit_lens.validation import check_finite, check_int, check_positive_real
+from vit_lens.validation import check_int, check_positive_real
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,6 @@ class CAAP:
         model.check_images(images)
         if images.shape[0] == 0:
             raise ValueError(f"images must hold at least one image; got shape {tuple(images.shape)}")
-        check_finite(images, "images")
         param = next(model.parameters())
         images = images.to(param.device, param.dtype)
         targets = None if callable(self.score) else resolve_targets(model, images, target)

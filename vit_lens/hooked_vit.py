@@ -16,6 +16,7 @@ from vit_lens.components.hooks_util import HookPoint
 from vit_lens.components.layer_norm import PooledFinalNorm
 from vit_lens.config import ViTConfig
 from vit_lens.tokens import TokenLayout
+from vit_lens.validation import check_finite
 from vit_lens.weights import TransformerLensWeights
 
 # hook-name suffix inside ``blocks.{l}.`` -> the cfg flag that makes it fire (off by default, as in TL)
@@ -126,6 +127,7 @@ class HookedViT(TransformerLensWeights, HookedRootModule):
         if tuple(images.shape[2:]) != tuple(cfg.image_size):
             raise ValueError(f"{name} must be {cfg.image_size[0]}x{cfg.image_size[1]} pixels (the "
                              f"model's image_size); got {images.shape[2]}x{images.shape[3]}")
+        check_finite(images, name)  # NaN/inf pixels would turn every score and map into NaN silently
 
     # ------------------------------------------------------------------ forward
     def embed(self, images: Float[Tensor, "batch chan height width"]) -> Float[Tensor, "batch pos d_model"]:

@@ -113,8 +113,15 @@ class TransformerLensWeights:
         return self.pos_embed.full()
 
     # ------------------------------------------------------------------ unembedding
+    def _check_single_vector_head(self) -> None:
+        if self.cfg.pooling == "cls_mean":
+            raise ValueError(f"W_U/b_U and the TransformerLens unembedding act on one d_model vector, but this model's "
+                             f"head (pooling='cls_mean') reads {self.cfg.d_pooled} features (CLS of the last blocks "
+                             f"and the patch mean); use model.head on hook_pre_logits instead")
+
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab_out"]:
+        self._check_single_vector_head()
         if self.head is None:
             p = self.patch_embed.proj.weight
             return torch.eye(self.cfg.d_model, device=p.device, dtype=p.dtype)
@@ -122,6 +129,7 @@ class TransformerLensWeights:
 
     @property
     def b_U(self) -> Float[Tensor, "d_vocab_out"]:
+        self._check_single_vector_head()
         if self.head is None:
             return self.patch_embed.proj.weight.new_zeros(self.cfg.d_model)
         return self.head.bias

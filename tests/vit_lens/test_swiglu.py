@@ -83,7 +83,7 @@ def _optional(name: str) -> bool:
     return any(s in name for s in ("hook_attn_in", "_input", "hook_mlp_in", "hook_result"))
 
 
-def test_parallel_engine_uses_swiglu_mlp_branch():
+def test_parallel_engine_with_swiglu_mlp():
     from vit_lens.patching import Intervention, run_patching
 
     model = HookedViT.from_timm(tiny_giant(3))

@@ -56,10 +56,6 @@ class TransformerBlock(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def mlp_branch(self, resid_mid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        """The MLP half of the block without hooks (used by the patching engines)."""
-        return self.ls2(self.mlp(self.ln2(resid_mid)))
-
     def _qkv(self, resid_pre: Float[Tensor, "batch pos d_model"]) -> tuple[Tensor, Tensor, Tensor]:
         cfg = self.cfg
         if not (cfg.use_attn_in or cfg.use_split_qkv_input):

@@ -13,7 +13,7 @@ from vit_lens.patching.interventions import Intervention, validate_interventions
 from vit_lens.patching.loop import run_loop
 from vit_lens.patching.parallel import DEFAULT_MEMORY_BUDGET_GB, check_parallel_supported, run_parallel
 from vit_lens.patching.readouts import ClassScore, Readout
-from vit_lens.validation import check_finite, check_int, check_positive_real
+from vit_lens.validation import check_int, check_positive_real
 
 Engine = Literal["loop", "parallel", "efficient"]
 ENGINES = ("loop", "parallel", "efficient")
@@ -66,7 +66,6 @@ def run_patching(
             model.check_images(images, name)
             if images.shape[0] == 0:
                 raise ValueError(f"{name} is an empty batch (shape {tuple(images.shape)}); pass at least one image")
-            check_finite(images, name)
     if source_cache is None:
         source_cache = cache_context(model, source_images)
     if target_cache is None:

@@ -36,10 +36,10 @@ DEFAULT_MEMORY_BUDGET_GB = 1.0
 
 def check_parallel_supported(cfg, freeze_context: bool) -> None:
     if not freeze_context:
-        raise ValueError("engine='parallel' requires freeze_context=True (without it every token is live "
-                         "and there is nothing to share); use engine='loop'")
+        raise ValueError("the parallel engines ('parallel', 'efficient') require freeze_context=True (without "
+                         "it every token is live and there is nothing to share); use engine='loop'")
     if cfg.pooling != "token":
-        raise ValueError(f"engine='parallel' reads the CLS token only, but this model pools with "
+        raise ValueError(f"the parallel engines ('parallel', 'efficient') read the CLS token only, but this model pools with "
                          f"pooling={cfg.pooling!r}, which needs the final state of every token; use engine='loop'")
 
 
