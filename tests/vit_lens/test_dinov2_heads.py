@@ -109,5 +109,5 @@ def test_caap_loop_engine_and_parallel_refusal(backbone, tmp_path):
             CAAP(model, engine=engine).attribute(images, target=5)
         with pytest.raises(ValueError, match=r"parallel engines \('parallel', 'efficient'\) read the CLS token only"):
             CAAP(model, engine=engine).attribute(images, target=5)
-    with pytest.raises(ValueError, match="W_U/b_U .* pooling='cls_mean'.* reads 240 features"):
+    with pytest.raises(ValueError, match=r"W_U/b_U .*pooling='cls_mean'.* reads 240 features"):
         model.W_U  # noqa: B018  a one-vector unembedding would be silently wrong for this head
