@@ -74,6 +74,11 @@ def libra_hooks(model, rules: tuple[str, ...] = LIBRA_RULES) -> list[Hook]:
         hooks += [(f"blocks.{l}.attn.hook_pattern", lambda pattern, hook: pattern.detach()) for l in range(n_layers)]
     if "activation" in rules:
         act_fn, pres = model.cfg.act_fn, {}
+        if getattr(model.cfg, "mlp_type", "mlp") != "mlp" or act_fn not in ("gelu", "gelu_tanh", "quick_gelu"):
+            raise ValueError(f"LibraGrad's activation rule is implemented for plain MLPs with gelu, gelu_tanh or "
+                             f"quick_gelu; this model has mlp_type={getattr(model.cfg, 'mlp_type', 'mlp')!r}, "
+                             f"act_fn={act_fn!r} (gated MLPs need the authors' extra product rule). Pass "
+                             f"rules=('layernorm', 'attention') to run without it")
 
         def keep_pre(layer):
             def hook(pre, hook):

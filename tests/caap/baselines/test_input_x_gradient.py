@@ -162,3 +162,11 @@ def test_bad_options_are_refused():
         LibraIxGPlus(model, rules="layernorm")
     with pytest.raises(ValueError, match="empty batch"):
         IxGPlus(model).attribute(random_images(model, 1)[:0], target=0)
+
+
+def test_activation_rule_refuses_gated_mlps():
+    model = make_hooked("vit")
+    model.cfg.mlp_type = "swiglu"  # only the flag: the rule must refuse before any forward
+    with pytest.raises(ValueError, match="gated MLPs"):
+        LibraIxGPlus(model)
+    LibraIxGPlus(model, rules=("layernorm", "attention"))
