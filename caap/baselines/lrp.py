@@ -89,6 +89,9 @@ class TransformerAttribution:
         n_layers = model.cfg.n_layers
         if not isinstance(start_layer, int) or not 0 <= start_layer < n_layers:
             raise ValueError(f"start_layer must be an int in [0, {n_layers}); got {start_layer!r}")
+        if getattr(model.cfg, "mlp_type", "mlp") != "mlp":
+            raise ValueError(f"T-Attr's relevance rules cover the two-layer MLP (fc1, activation, fc2); this "
+                             f"model has mlp_type={model.cfg.mlp_type!r} (a gated MLP), which has no rule here")
         if layer_scale_rule not in LAYER_SCALE_RULES:
             raise ValueError(f"layer_scale_rule must be one of {LAYER_SCALE_RULES}; got {layer_scale_rule!r}")
         self.model, self.start_layer, self.layer_scale_rule = model, start_layer, layer_scale_rule
