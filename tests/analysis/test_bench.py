@@ -103,7 +103,7 @@ def test_torchrun_two_gloo_ranks_equal_a_single_process(setup, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(port),
            "-m", "analysis.cli", *args(setup, multi)]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in multi.glob("results*.jsonl")) == ["results.rank0.jsonl", "results.rank1.jsonl"]
     assert (multi / "table.md").read_text() == (single / "table.md").read_text()
