@@ -27,7 +27,23 @@ def output_scale(layer_scale) -> Tensor | None:
     return None if layer_scale is None else layer_scale.gamma
 
 
-class MLP(nn.Module):
+class ScaledOutput:
+    """``W_out`` ``[d_mlp, d_model]`` / ``b_out`` of ``self.fc2`` with the block's LayerScale folded in, shared
+    by the plain and the gated MLP."""
+
+    @property
+    def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
+        w = rearrange(self.fc2.weight, "d m -> m d")
+        gamma = output_scale(self.layer_scale)
+        return w if gamma is None else w * gamma
+
+    @property
+    def b_out(self) -> Float[Tensor, "d_model"]:
+        gamma = output_scale(self.layer_scale)
+        return self.fc2.bias if gamma is None else self.fc2.bias * gamma
+
+
+class MLP(ScaledOutput, nn.Module):
     """TransformerLens weight views: ``W_in`` ``[d_model, d_mlp]``, ``b_in``, and ``W_out``
     ``[d_mlp, d_model]`` / ``b_out`` *including the block's LayerScale* (DeiT3, DINOv2), so that
     ``hook_post @ W_out + b_out == hook_mlp_out`` as in TL. The stored parameters stay timm's
@@ -49,17 +65,6 @@ class MLP(nn.Module):
     @property
     def b_in(self) -> Float[Tensor, "d_mlp"]:
         return self.fc1.bias
-
-    @property
-    def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
-        w = rearrange(self.fc2.weight, "d m -> m d")
-        gamma = output_scale(self.layer_scale)
-        return w if gamma is None else w * gamma
-
-    @property
-    def b_out(self) -> Float[Tensor, "d_model"]:
-        gamma = output_scale(self.layer_scale)
-        return self.fc2.bias if gamma is None else self.fc2.bias * gamma
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         return self.fc2(self.hook_post(self.act(self.hook_pre(self.fc1(x)))))

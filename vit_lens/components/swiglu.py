@@ -22,12 +22,12 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from vit_lens.components.hooks_util import HookPoint
-from vit_lens.components.mlp import ACTIVATIONS, output_scale
+from vit_lens.components.mlp import ACTIVATIONS, ScaledOutput
 
 GATED_ACTIVATIONS = {"silu": F.silu, **ACTIVATIONS}
 
 
-class GatedMLP(nn.Module):
+class GatedMLP(ScaledOutput, nn.Module):
     def __init__(self, d_model: int, d_mlp: int, act_fn: str = "silu", layer_scale: nn.Module | None = None):
         super().__init__()
         if act_fn not in GATED_ACTIVATIONS:
@@ -56,17 +56,6 @@ class GatedMLP(nn.Module):
     @property
     def b_in(self) -> Float[Tensor, "d_mlp"]:
         return self.fc1_x.bias
-
-    @property
-    def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
-        w = rearrange(self.fc2.weight, "d m -> m d")
-        gamma = output_scale(self.layer_scale)
-        return w if gamma is None else w * gamma
-
-    @property
-    def b_out(self) -> Float[Tensor, "d_model"]:
-        gamma = output_scale(self.layer_scale)
-        return self.fc2.bias if gamma is None else self.fc2.bias * gamma
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         gate = self.hook_pre(self.fc1_g(x))
