@@ -50,3 +50,12 @@ def resolve_targets(model, images: Float[Tensor, "batch chan height width"],
     if int(target.min()) < 0 or int(target.max()) >= n_classes:
         raise ValueError(f"target classes must be in [0, {n_classes}); got {target.tolist()}")
     return target.to(images.device)
+
+
+def prepare_inputs(model, images: Float[Tensor, "batch chan height width"],
+                   target: int | Tensor | None) -> tuple[Float[Tensor, "batch chan height width"], Int[Tensor, "batch"]]:
+    """The common start of every method: check the images (shape, dtype, finite pixels), move them to the
+    model's device and resolve one class per image (:func:`resolve_targets`)."""
+    model.check_images(images)
+    images = images.to(next(model.parameters()).device)
+    return images, resolve_targets(model, images, target)

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from caap.blanks import Blank, blank_image
 from caap.masking import DEFAULT_MEMORY_BUDGET_GB, masked_scores
 from caap.selection import Selection, all_neighbourhoods
-from caap.targets import resolve_targets
+from caap.targets import prepare_inputs
 
 
 class _InputPerturbation:
@@ -53,10 +53,8 @@ class _InputPerturbation:
     def attribute(self, images: Float[Tensor, "batch chan height width"],
                   target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
         model = self.model
-        model.check_images(images)
+        images, targets = prepare_inputs(model, images, target)
         param = next(model.parameters())
-        images = images.to(param.device, param.dtype)
-        targets = resolve_targets(model, images, target)
         masks, blank = self.masks.to(param.device, param.dtype), self.blank.to(param.device, param.dtype)
         maps = []
         for b in tqdm(range(images.shape[0]), disable=not (self.progress or (self.progress is None and len(images) > 1)),

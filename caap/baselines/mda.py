@@ -45,7 +45,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from caap.masking import DEFAULT_MEMORY_BUDGET_GB, masked_scores
-from caap.targets import resolve_targets
+from caap.targets import prepare_inputs
 
 
 def convex_projection(curve: np.ndarray) -> np.ndarray:
@@ -167,10 +167,8 @@ class MDA:
     def attribute(self, images: Float[Tensor, "batch chan height width"],
                   target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
         model = self.model
-        model.check_images(images)
+        images, targets = prepare_inputs(model, images, target)
         param = next(model.parameters())
-        images = images.to(param.device)
-        targets = resolve_targets(model, images, target)
         with torch.inference_mode(False), torch.enable_grad():  # gradient priors also under inference-mode callers
             prior = self.prior(images.clone(), targets.clone()).detach().float().reshape(len(images), -1).cpu()
         maps, self.last_history = [], []

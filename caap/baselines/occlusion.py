@@ -21,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from caap.masking import DEFAULT_MEMORY_BUDGET_GB, iter_masked_scores, masked_scores, patch_average
-from caap.targets import resolve_targets
+from caap.targets import prepare_inputs
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -79,10 +79,8 @@ class Occlusion:
     def attribute_pixels(self, images: Float[Tensor, "batch chan height width"],
                          target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch height width"]:
         model = self.model
-        model.check_images(images)
+        images, targets = prepare_inputs(model, images, target)
         param = next(model.parameters())
-        images = images.to(param.device)
-        targets = resolve_targets(model, images, target)
         baseline = torch.as_tensor(self.baseline, dtype=param.dtype, device=param.device).expand_as(images[0])
         n = self.n_windows
         chunk = lambda lo, hi: self.windows(lo, hi).to(param.device)  # noqa: E731  (lazy window masks)

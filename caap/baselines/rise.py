@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from caap.blanks import Blank, blank_image
 from caap.masking import DEFAULT_MEMORY_BUDGET_GB, iter_masked_scores, patch_average
-from caap.targets import resolve_targets
+from caap.targets import prepare_inputs
 
 
 class RiseMasks:
@@ -86,10 +86,8 @@ class RISE:
     def attribute_pixels(self, images: Float[Tensor, "batch chan height width"],
                          target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch height width"]:
         model = self.model
-        model.check_images(images)
+        images, targets = prepare_inputs(model, images, target)
         param = next(model.parameters())
-        images = images.to(param.device)
-        targets = resolve_targets(model, images, target)
         masks = RiseMasks(self.n_masks, model.cfg.image_size, self.grid, self.p_keep, self.seed)
         blank = self.blank.to(param.device, param.dtype)[0]
         chunk = lambda lo, hi: masks(lo, hi, param.device, param.dtype)  # noqa: E731
