@@ -73,13 +73,13 @@ def _methods(spec: str) -> list[str]:
 
 
 def _load_model(args, device: str):
-    from caap.cli import load_model
+    from caap.cli import load_checked_model
 
     ns = argparse.Namespace(model=args.model, weights=args.weights, device=device)
     if args.weights is not None and not args.weights.is_file():
         raise UserError(f"--weights {args.weights}: no such file")
     try:
-        return load_model(ns)
+        return load_checked_model(ns)
     except RuntimeError as err:
         if "download" in str(err):
             raise UserError(f"cannot download weights for {args.model!r} (offline?); pass --weights FILE") from None

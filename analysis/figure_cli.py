@@ -77,11 +77,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- shared plumbing
 
 def _load_model(args):
-    from caap.cli import load_model
+    from caap.cli import load_checked_model
 
     if args.weights is not None and not args.weights.is_file():
         raise ValueError(f"--weights {args.weights}: no such file")
-    return load_model(argparse.Namespace(model=args.model, weights=args.weights, device=args.device))
+    return load_checked_model(argparse.Namespace(model=args.model, weights=args.weights, device=args.device))
 
 
 def _manifest_csv(args) -> Path | None:

@@ -211,8 +211,21 @@ def weights_in_cache(name: str) -> bool | None:
 
 
 def load_model(args):
+    """``--model paper:<key>`` builds a backbone of the paper with its ImageNet head (:mod:`vit_lens.zoo`;
+    ``--weights`` then replaces the downloaded weights); CNNs come wrapped in :class:`caap.cnn_model.CNNClassifier`
+    (explain them with the ``caap-cnn`` method). Otherwise a timm name or a local checkpoint."""
     from vit_lens import HookedViT
 
+    if args.model is not None and args.model.startswith("paper:"):
+        from vit_lens.zoo import get_paper_model, load_paper_model
+
+        model = load_paper_model(args.model, pretrained=args.weights is None, checkpoint_path=args.weights,
+                                 device=args.device)
+        if get_paper_model(args.model).kind == "cnn":
+            from caap.cnn_model import CNNClassifier
+
+            model = CNNClassifier(model)
+        return model
     if args.weights is not None:
         return HookedViT.from_checkpoint(args.weights, model_name=args.model, device=args.device)
     return HookedViT.from_timm(args.model or DEFAULT_MODEL, pretrained=True, device=args.device)
@@ -227,9 +240,16 @@ def load_checked_model(args):
         raise UsageError(f"--weights: file not found: {str(args.weights)!r}")
     from vit_lens.loading import check_timm_name
 
-    if args.model is not None:
-        check_timm_name(args.model, "--model")
     name = args.model or DEFAULT_MODEL
+    if name.startswith("paper:"):
+        from vit_lens.zoo import get_paper_model
+
+        try:
+            name = get_paper_model(name).timm_name
+        except ValueError as err:
+            raise UsageError(f"--model: {err}") from None
+    elif args.model is not None:
+        check_timm_name(args.model, "--model")
     offline = args.weights is None and fail_fast_offline()
     if offline and weights_in_cache(name) is False:  # fail before building the model (seconds for ViT-B)
         raise UsageError(f"cannot download weights for {name!r} (the Hugging Face Hub is unreachable and they "
