@@ -57,6 +57,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-curves", action="store_true", help="do not store the Deletion/Insertion curves")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--table-only", action="store_true",
+                   help="score nothing: write table.md/table.csv from the rows already in --out (e.g. after "
+                        "stopping a long run; rerun without it to complete)")
+    p.add_argument("--common-images", action="store_true",
+                   help="tabulate only the images every listed method has scored (a like-for-like comparison "
+                        "when a run is incomplete)")
     return p
 
 
@@ -157,9 +163,22 @@ def merge(out: Path, order: list[str], methods: list[str]) -> list[dict]:
     return [rows[k] for k in sorted(rows, key=lambda k: (rank[k[0]], mrank[k[1]]))]
 
 
-def write_tables(out: Path, rows: list[dict], methods: list[str], settings: dict | None = None) -> str:
+def common_images(rows: list[dict], methods: list[str]) -> list[dict]:
+    """The rows of the images that every one of ``methods`` has a row for (scored or skipped)."""
+    by_sample: dict[str, set[str]] = {}
+    for r in rows:
+        by_sample.setdefault(r["sample"], set()).add(r["method"])
+    keep = {s for s, have in by_sample.items() if set(methods) <= have}
+    return [r for r in rows if r["sample"] in keep]
+
+
+def write_tables(out: Path, rows: list[dict], methods: list[str], settings: dict | None = None,
+                 common: bool = False) -> str:
     from analysis.evaluate import format_csv, format_table, summarize
 
+    rows = [r for r in rows if r["method"] in methods]
+    if common:
+        rows = common_images(rows, methods)
     summary = summarize(rows)
     summary = {m: summary[m] for m in methods if m in summary and summary[m]["deletion"][2] > 0}
     if not summary:
@@ -170,19 +189,48 @@ def write_tables(out: Path, rows: list[dict], methods: list[str], settings: dict
     p = (settings or {}).get("protocol", {})
     steps = f"{p['n_steps']} steps" if p.get("n_steps") else f"{p.get('pixels_per_step') or 'image width'} px per step"
     note = (f"\n\nmetrics x 100, mean ± SE (population SD / sqrt(n)); target: {p.get('target')}; "
-            f"only_correct: {p.get('only_correct')}; {steps}; {len(rows)} rows, {skipped} skipped (misclassified).")
+            f"only_correct: {p.get('only_correct')}; {steps}; {len(rows)} rows, {skipped} skipped (misclassified)"
+            + ("; only the images every method scored." if common else "."))
+    counts = {s["deletion"][2] for s in summary.values()}
+    if len(counts) > 1 and not common:
+        note += " n differs across methods: their means cover different images (see --common-images)."
     (out / "table.md").write_text(table + note + "\n")
     (out / "table.csv").write_text(format_csv(summary))
     return table
 
 
-def run(args) -> int:
+def _score(args, model, methods, samples, protocol, out, rank, world_size, device) -> None:
+    """This rank's share of the images, appended row by row to its own results file (resumable)."""
     import torch
     from tqdm.auto import tqdm
 
+    from analysis.evaluate import score_sample
+    from caap import get_method
+
+    built = {name: get_method(name, model).attribute for name in methods}
+    own = out / ("results.jsonl" if world_size == 1 else f"results.rank{rank}.jsonl")
+    done = _done(out, own)
+    autocast = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) if args.amp \
+        else contextlib.nullcontext
+    bar = tqdm(samples[rank::world_size], desc=f"bench rank {rank}" if world_size > 1 else "bench", unit="img",
+               position=rank, disable=args.no_progress)
+    with open(own, "a") as f:
+        for sample in bar:
+            todo = [m for m in methods if (sample.name, m) not in done]
+            if not todo:
+                continue
+            for row in score_sample(model, built, todo, sample, protocol, curves=not args.no_curves,
+                                    memory_budget_gb=args.memory_budget_gb, autocast=autocast,
+                                    batch_size=args.batch_size):
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+    bar.close()
+
+
+def run(args) -> int:
     from analysis.data import subset
     from analysis.datasets import DATASETS, get_dataset
-    from analysis.evaluate import Protocol, score_sample
+    from analysis.evaluate import Protocol
 
     if args.dataset not in DATASETS:
         raise UserError(f"--dataset: unknown dataset {args.dataset!r}; available: {', '.join(DATASETS)}")
@@ -215,40 +263,25 @@ def run(args) -> int:
     error = None
     if rank == 0:
         try:
+            if args.table_only and not (out / "run.json").is_file():
+                raise UserError(f"--table-only: {out} holds no run.json (nothing to tabulate)")
             out.mkdir(parents=True, exist_ok=True)
             settings = _check_out_dir(out, settings)
-            (out / "run.json").write_text(json.dumps(settings, indent=1) + "\n")
+            if not args.table_only:  # a running job may share the directory: --table-only writes only tables
+                (out / "run.json").write_text(json.dumps(settings, indent=1) + "\n")
         except UserError as err:
             error = str(err)
     error = distributed.broadcast(error)
     if error:
         raise UserError(error)
-    from caap import get_method
-
-    built = {name: get_method(name, model).attribute for name in methods}
-    own = out / ("results.jsonl" if world_size == 1 else f"results.rank{rank}.jsonl")
-    done = _done(out, own)
-    shard = samples[rank::world_size]
-    autocast = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) if args.amp \
-        else contextlib.nullcontext
-    bar = tqdm(shard, desc=f"bench rank {rank}" if world_size > 1 else "bench", unit="img", position=rank,
-               disable=args.no_progress)
-    with open(own, "a") as f:
-        for sample in bar:
-            todo = [m for m in methods if (sample.name, m) not in done]
-            if not todo:
-                continue
-            for row in score_sample(model, built, todo, sample, protocol, curves=not args.no_curves,
-                                    memory_budget_gb=args.memory_budget_gb, autocast=autocast,
-                                    batch_size=args.batch_size):
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-    bar.close()
+    if not args.table_only:
+        _score(args, model, methods, samples, protocol, out, rank, world_size, device)
     distributed.barrier()
     status = 0
     if rank == 0:
         rows = merge(out, names, settings["methods"])
-        table = write_tables(out, rows, [m for m in settings["methods"] if m in methods], settings)
+        table = write_tables(out, rows, [m for m in settings["methods"] if m in methods], settings,
+                             common=args.common_images)
         print(table)
         print(f"wrote {out / 'table.md'}, {out / 'table.csv'} ({len(rows)} rows)")
     distributed.finish()

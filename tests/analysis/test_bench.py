@@ -65,6 +65,34 @@ def test_bench_writes_resumes_and_refuses(setup, tmp_path, capsys):
     assert len((out / "results.jsonl").read_text().splitlines()) == 8
 
 
+def test_table_only_and_common_images(setup, tmp_path, capsys):
+    """An incomplete run (a long method stopped part-way) is tabulated without scoring or touching the rows
+    (a running job may still be appending), with n per method, and like for like with --common-images."""
+    out = tmp_path / "run"
+    assert main(args(setup, out, "--n", "4", "--seed", "1")) == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    caap_samples = [json.loads(x)["sample"] for x in lines if json.loads(x)["method"] == "caap"]
+    partial = [x for x in lines if not (json.loads(x)["method"] == "caap" and json.loads(x)["sample"] in
+                                        caap_samples[2:])]
+    text = "\n".join(partial) + '\n{"sample": "im'  # plus a line still being written
+    (out / "results.jsonl").write_text(text)
+    (out / "table.md").unlink()
+    assert main(args(setup, out, "--n", "4", "--seed", "1", "--table-only")) == 0
+    assert (out / "results.jsonl").read_text() == text
+    table = (out / "table.md").read_text()
+    assert "| grad-cam | 4 |" in table and "| caap | 2 |" in table and "n differs across methods" in table
+    assert main(args(setup, out, "--n", "4", "--seed", "1", "--table-only", "--common-images")) == 0
+    table = (out / "table.md").read_text()
+    assert "| grad-cam | 2 |" in table and "| caap | 2 |" in table and "every method scored" in table
+    expected = {x: json.loads(x) for x in partial}
+    kept = [r for r in expected.values() if r["sample"] in caap_samples[:2] and r["method"] == "grad-cam"]
+    mean_del = 100 * np.mean([r["deletion"] for r in kept])
+    assert f"{mean_del:.2f}" in table.splitlines()[2]
+    capsys.readouterr()
+    assert main(args(setup, tmp_path / "none", "--table-only")) == 2
+    assert "--table-only" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
 @pytest.mark.parametrize("change, message", [
     (["--methods", "caap,nope"], "unknown method(s) nope; registered: caap"),
     (["--dataset", "imagenet-x"], "unknown dataset 'imagenet-x'; available: imagenet-s50"),
