@@ -24,17 +24,13 @@ from jaxtyping import Bool, Float, Int
 from sklearn.metrics import average_precision_score
 from torch import Tensor
 
-from caap.masking import DEFAULT_MEMORY_BUDGET_GB, masked_scores
+from caap.masking import DEFAULT_MEMORY_BUDGET_GB, iter_batched_outputs
 
 log = logging.getLogger(__name__)
 
 RISE_BLUR_KLEN = 11
 RISE_BLUR_SIGMA = 5.0
 MODES = ("deletion", "insertion")
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 def check_finite(attribution: Tensor, name: str = "attribution") -> None:
@@ -110,11 +106,32 @@ def perturbation_curves(model, images: Float[Tensor, "batch chan H W"], attribut
     """Softmax probability of ``target`` as the top-ranked pixels are removed (``"deletion"``: replaced by
     ``reference``, default 0 = the mean colour after normalization) or revealed (``"insertion"``: starting
     from ``reference``, default :func:`blur`). Curve points as in :func:`step_counts` (default RISE: one
-    image width of pixels per step). Forwards are batched across steps by ``caap.masking`` within
-    ``memory_budget_gb`` (or ``batch_size`` copies). Cost: ``points`` forwards per image. Returns float32
-    on the CPU."""
+    image width of pixels per step). Forwards are batched across steps *and images* by ``caap.masking``
+    within ``memory_budget_gb`` (or ``batch_size`` copies). Cost: ``points`` forwards per image. Returns
+    float32 on the CPU."""
     if mode not in MODES:
         raise ValueError(f"mode must be 'deletion' or 'insertion'; got {mode!r}")
+    return curves_for(model, images, attributions, target, modes=(mode,), pixels_per_step=pixels_per_step,
+                      n_steps=n_steps, references=None if reference is None else (reference,),
+                      memory_budget_gb=memory_budget_gb, batch_size=batch_size)[mode]
+
+
+def curves_for(model, images: Float[Tensor, "batch chan H W"], attributions: Float[Tensor, "batch h w"],
+               target: Int[Tensor, "batch"] | int, *, modes: tuple[str, ...] = MODES,
+               pixels_per_step: int | None = None, n_steps: int | None = None,
+               references: tuple[Tensor | None, ...] | None = None,
+               memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+               batch_size: int | None = None) -> dict[str, Float[Tensor, "batch points"]]:
+    """The curves of every mode in ``modes`` (default Deletion and Insertion) for every image, as
+    :func:`perturbation_curves`, from ONE stream of perturbed copies (mode × image × point) cut into
+    batches by the memory budget: a 16-step quick run on one image fills batches of 2·17·batch copies
+    instead of 17. ``references``: one per mode (``None`` = that mode's default). Cost: ``len(modes) ·
+    points`` forwards per image."""
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ValueError(f"modes must be a non-empty tuple of 'deletion'/'insertion'; got {modes!r}")
+    if references is not None and len(references) != len(modes):
+        raise ValueError(f"references must hold one entry per mode ({len(modes)}); got {len(references)}")
     b, c, h, w = images.shape
     if attributions.ndim != 3 or attributions.shape[0] != b:
         raise ValueError(f"attributions must be [batch={b}, h, w]; got attributions batch "
@@ -127,27 +144,47 @@ def perturbation_curves(model, images: Float[Tensor, "batch chan H W"], attribut
         raise ValueError(f"target must hold one class per image ({b}); got {target.shape[0]}")
     if n_classes and ((target < 0) | (target >= n_classes)).any():
         raise ValueError(f"target must be in [0, {n_classes}); got {target.tolist()}")
-    device = _device(model)
-    images = images.to(device)
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    images = images.to(device, dtype)
+    if hasattr(model, "check_images"):
+        model.check_images(images, name="images")
+    target = target.to(device).long()
     counts = step_counts(h * w, w, pixels_per_step=pixels_per_step, n_steps=n_steps).to(device)
-    if reference is None:
-        reference = torch.zeros_like(images) if mode == "deletion" else blur(images)
-    reference = reference.to(device, images.dtype)
+    refs = []
+    for k, mode in enumerate(modes):
+        ref = None if references is None else references[k]
+        if ref is None:
+            ref = torch.zeros_like(images) if mode == "deletion" else blur(images)
+        if ref.shape != images.shape:
+            raise ValueError(f"reference for {mode} must be {tuple(images.shape)}; got {tuple(ref.shape)}")
+        refs.append(ref.to(device, dtype))
+    reference = torch.stack(refs)  # [mode, batch, c, h, w]
+    insertion = torch.tensor([m == "insertion" for m in modes], device=device)
     order = to_pixels(attributions.to(device), (h, w)).flatten(1).argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(h * w, device=device).expand(b, -1))
-    curves = []
-    for i in range(b):
-        r = rank[i].view(h, w)
+    rank = rank.view(b, h, w)
+    points = len(counts)
 
-        def masks(lo, hi, r=r):  # 1 shows the image, 0 the reference
-            switched = r[None] < counts[lo:hi, None, None]
-            return (~switched if mode == "deletion" else switched).float()
+    def split(lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
+        flat = torch.arange(lo, hi, device=device)  # index = (mode * b + image) * points + point
+        return flat // (b * points), flat // points % b, flat % points
 
-        scores = masked_scores(model, images[i], masks, reference[i], int(target[i]), kind="prob",
-                               n_masks=len(counts), memory_budget_gb=memory_budget_gb, batch_size=batch_size)
-        curves.append(scores.cpu())
-    return torch.stack(curves)
+    def inputs(lo: int, hi: int) -> Tensor:
+        mode, image, point = split(lo, hi)
+        switched = rank[image] < counts[point].view(-1, 1, 1)
+        shown = (switched == insertion[mode].view(-1, 1, 1))[:, None].to(dtype)  # 1 shows the image
+        ref = reference[mode, image]
+        return ref + shown * (images[image] - ref)
+
+    scores = torch.empty(len(modes) * b * points, device=device)
+    for lo, hi, output in iter_batched_outputs(model, scores.numel(), inputs, memory_budget_gb=memory_budget_gb,
+                                               batch_size=batch_size):
+        _, image, _ = split(lo, hi)
+        scores[lo:hi] = output.float().softmax(-1).gather(1, target[image][:, None])[:, 0]
+    scores = scores.view(len(modes), b, points).cpu()
+    return {mode: scores[k] for k, mode in enumerate(modes)}
 
 
 def auc(curves: Float[Tensor, "batch points"]) -> Float[Tensor, "batch"]:

@@ -103,6 +103,26 @@ def _check(image: Tensor, masks: Masks, reference: Tensor, n_masks: int | None) 
 
 
 @torch.inference_mode()
+def iter_batched_outputs(model, n_inputs: int, inputs: Callable[[int, int], Tensor], *,
+                         memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB, batch_size: int | None = None,
+                         progress: bool = False, desc: str = "masked forwards",
+                         ) -> Iterator[tuple[int, int, Float[Tensor, "n n_out"]]]:
+    """The engine's loop: ``model(inputs(lo, hi))`` for consecutive chunks of ``n_inputs`` perturbed
+    copies (``batch_size``, default :func:`batch_size_for` the ``memory_budget_gb``), under
+    ``torch.inference_mode``, one progress bar. ``inputs`` builds each chunk on demand on the model's
+    device and dtype, so copies of several images (the metric curves) share batches."""
+    if batch_size is None:
+        batch_size = batch_size_for(model, memory_budget_gb)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int or None; got {batch_size!r}")
+    with tqdm(total=n_inputs, disable=not progress, desc=desc) as bar:
+        for lo in range(0, n_inputs, batch_size):
+            hi = min(lo + batch_size, n_inputs)
+            yield lo, hi, model(inputs(lo, hi))
+            bar.update(hi - lo)
+
+
+@torch.inference_mode()
 def iter_masked_scores(model, image: Float[Tensor, "chan h w"], masks: Masks,
                        reference: Float[Tensor, "chan h w"] | Float[Tensor, "k chan h w"], target: int | Tensor | None,
                        *, kind: Score = "prob", n_masks: int | None = None,
@@ -119,27 +139,26 @@ def iter_masked_scores(model, image: Float[Tensor, "chan h w"], masks: Masks,
     reference = reference.to(param.device, param.dtype)
     if hasattr(model, "check_images"):
         model.check_images(image[None], name="image")
-    if batch_size is None:
-        batch_size = batch_size_for(model, memory_budget_gb)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int or None; got {batch_size!r}")
-    with tqdm(total=n_masks, disable=not progress, desc=desc) as bar:
-        for lo in range(0, n_masks, batch_size):
-            hi = min(lo + batch_size, n_masks)
-            chunk = masks[lo:hi] if isinstance(masks, Tensor) else masks(lo, hi)
-            if chunk.ndim == 3:
-                chunk = chunk[:, None]
-            if chunk.shape != (hi - lo, 1, *image.shape[1:]):
-                raise ValueError(f"masks({lo}, {hi}) must return [{hi - lo}, (1,) {image.shape[1]}, "
-                                 f"{image.shape[2]}]; got {tuple(chunk.shape)}")
-            chunk = chunk.to(param.device, param.dtype)
-            ref = reference[lo:hi] if reference.ndim == 4 else reference
-            scores = read(model(ref + chunk * (image - ref)))
-            if scores.shape != (hi - lo,):
-                raise ValueError(f"the score must give one value per masked copy ({hi - lo}); got shape "
-                                 f"{tuple(scores.shape)}")
-            bar.update(hi - lo)
-            yield lo, hi, chunk, scores
+    chunks: dict[int, Tensor] = {}
+
+    def inputs(lo: int, hi: int) -> Tensor:
+        chunk = masks[lo:hi] if isinstance(masks, Tensor) else masks(lo, hi)
+        if chunk.ndim == 3:
+            chunk = chunk[:, None]
+        if chunk.shape != (hi - lo, 1, *image.shape[1:]):
+            raise ValueError(f"masks({lo}, {hi}) must return [{hi - lo}, (1,) {image.shape[1]}, "
+                             f"{image.shape[2]}]; got {tuple(chunk.shape)}")
+        chunks[lo] = chunk = chunk.to(param.device, param.dtype)
+        ref = reference[lo:hi] if reference.ndim == 4 else reference
+        return ref + chunk * (image - ref)
+
+    for lo, hi, output in iter_batched_outputs(model, n_masks, inputs, memory_budget_gb=memory_budget_gb,
+                                               batch_size=batch_size, progress=progress, desc=desc):
+        scores = read(output)
+        if scores.shape != (hi - lo,):
+            raise ValueError(f"the score must give one value per masked copy ({hi - lo}); got shape "
+                             f"{tuple(scores.shape)}")
+        yield lo, hi, chunks.pop(lo), scores
 
 
 def masked_scores(model, image: Float[Tensor, "chan h w"], masks: Masks,

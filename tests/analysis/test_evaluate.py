@@ -94,3 +94,25 @@ def test_read_rows_refuses_corruption_in_the_middle(tmp_path):
     p.write_text('{"a": 1}')  # no trailing newline: kept, and a newline added for the next append
     assert read_rows(p) == [{"a": 1}] and p.read_text() == '{"a": 1}\n'
     assert json.loads(p.read_text()) == {"a": 1}
+
+
+def test_maps_of_one_image_scored_together_equal_one_by_one(samples):
+    """score_sample's batched path (every method's curves in one stream) keeps each row with its own map."""
+    from analysis.data import load_sample
+    from analysis.evaluate import Protocol, score_attribution, score_attributions
+
+    model = make_hooked("vit")
+    loaded = load_sample(model, samples[0])
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.rand(1, 4, 4, generator=g), torch.rand(1, 64, 64, generator=g), -torch.rand(1, 4, 4, generator=g)]
+    protocol = Protocol(n_steps=5)
+    together = score_attributions(model, loaded.image, maps, 2, loaded.mask, protocol=protocol, batch_size=4)
+    for m, row in zip(maps, together):
+        alone = score_attribution(model, loaded.image, m, 2, loaded.mask, protocol=protocol, batch_size=1)
+        assert row.keys() == alone.keys()
+        for key in ("deletion", "insertion", "aupr1", "aupr0", "pointing_game"):
+            assert row[key] == pytest.approx(alone[key], abs=1e-6), key
+        assert np.allclose(row["curves"]["deletion"], alone["curves"]["deletion"], atol=1e-6)
+    assert together[0]["deletion"] != pytest.approx(together[2]["deletion"], abs=1e-4)
+    with pytest.raises(ValueError, match="one map"):
+        score_attributions(model, loaded.image, [torch.rand(2, 4, 4)], 2, protocol=protocol)

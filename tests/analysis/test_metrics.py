@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.ndimage import correlate, gaussian_filter
 
-from analysis.metrics import (auc, aupr, blur, perturbation_curves, pointing_game, rise_kernel, standard_error,
+from analysis.metrics import (auc, aupr, blur, curves_for, perturbation_curves, pointing_game, rise_kernel, standard_error,
                               step_counts)
 from tests.conftest import make_hooked, random_images
 
@@ -60,6 +60,24 @@ def test_curves_equal_rise_causal_metric_at_default_protocol():
         assert np.allclose(ours[0].numpy(), ref, atol=1e-5)
         rise_auc = (ref.sum() - ref[0] / 2 - ref[-1] / 2) / (len(ref) - 1)
         assert auc(ours)[0].item() == pytest.approx(rise_auc, abs=1e-6)
+
+
+def test_one_stream_across_modes_and_images_equals_rise_per_image():
+    """Both modes of three images (different targets) in one batched stream, batches straddling image and
+    mode boundaries (7 copies per batch, 65 points per curve), equal RISE run image by image."""
+    model = make_hooked("vit")
+    x = random_images(model, 3, seed=5)
+    g = torch.Generator().manual_seed(2)
+    maps = torch.rand(3, 4, 4, generator=g)  # patch-level, upsampled bilinearly
+    targets = torch.tensor([1, 4, 6])
+    both = curves_for(model, x, maps, targets, batch_size=7)
+    pixels = torch.nn.functional.interpolate(maps[:, None], size=(64, 64), mode="bilinear", align_corners=False)
+    for i in range(3):
+        for mode, rise_mode in (("deletion", "del"), ("insertion", "ins")):
+            ref = rise_causal_metric(model, x[i:i + 1], pixels[i, 0].numpy(), rise_mode, 64, int(targets[i]))
+            assert np.allclose(both[mode][i].numpy(), ref, atol=1e-5), (i, mode)
+    with pytest.raises(ValueError, match="modes must be"):
+        curves_for(model, x, maps, targets, modes=("erase",))
 
 
 def test_step_counts():
