@@ -103,3 +103,37 @@ def one_patch_attention_model(row: int = 1, col: int = 2, dtype=torch.float64) -
         tm.head.weight[1] = -tm.head.weight[0]
         tm.head.bias.zero_()
     return tm, HookedViT.from_timm(tm), patch
+
+
+def check_every_family(make_method, family: str, refusals: dict[str, str]) -> None:
+    """In float32 and float64: ``make_method(model).attribute`` gives a finite ``[2, *grid]`` map of the
+    model's dtype, or, for the families in ``refusals``, one ``ValueError`` matching its message."""
+    import pytest
+
+    from tests.conftest import make_hooked, random_images
+
+    for dtype in (torch.float32, torch.float64):
+        model = make_hooked(family).to(dtype)
+        images = random_images(model).to(dtype)
+        method = make_method(model)
+        if family in refusals:
+            with pytest.raises(ValueError, match=refusals[family]):
+                method.attribute(images)
+            continue
+        out = method.attribute(images)
+        assert out.shape == (2, *model.cfg.grid_size) and out.dtype == dtype and torch.isfinite(out).all(), family
+
+
+def check_hooks_removed_after_an_exception(method, model: HookedViT, monkeypatch) -> None:
+    """A failure inside the forward (here: the head) leaves no hook behind on the model."""
+    import pytest
+
+    from tests.conftest import random_images
+
+    def boom(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(model, "forward_head", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        method.attribute(random_images(model, 1), target=0)
+    assert no_hooks_left(model)

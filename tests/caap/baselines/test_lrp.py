@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from caap.baselines.lrp import TransformerAttribution
 from caap.baselines.lrp_rules import linear_alpha1_beta0, matmul_rule, residual_add
 from tests.caap.baselines.attention_toy import attention_toy, informative_target
+from tests.caap.baselines.manual_vit import check_every_family
 from tests.conftest import FAMILIES, make_hooked, make_timm, random_images
 from vit_lens import HookedViT
 
@@ -224,17 +225,4 @@ def test_one_patch_toy_ranks_the_patch_first():
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_family_float32_and_float64(family):
-    for dtype in (torch.float32, torch.float64):
-        model = make_hooked(family).to(dtype)
-        images = random_images(model).to(dtype)
-        method = TransformerAttribution(model)
-        if family == "clip_headless":
-            with pytest.raises(ValueError, match="no classifier head"):
-                method.attribute(images)
-            return
-    if family == "vit_avg":
-        with pytest.raises(ValueError, match="global_pool='avg'"):
-            method.attribute(images)
-        return
-        out = method.attribute(images)
-        assert out.shape == (2, *model.cfg.grid_size) and out.dtype == dtype and torch.isfinite(out).all()
+    check_every_family(lambda model: TransformerAttribution(model), family, {"clip_headless": "no classifier head", "vit_avg": "global_pool='avg'"})

@@ -11,6 +11,7 @@ import torch
 
 from caap.baselines.mutex import MUTEX
 from tests.caap.baselines.attention_toy import attention_toy
+from tests.caap.baselines.manual_vit import check_every_family
 from tests.conftest import FAMILIES, make_hooked, random_images
 from vit_lens import HookedViT
 
@@ -138,13 +139,4 @@ def test_one_patch_toy_ranks_the_patch_first():
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_family_float32_and_float64(family):
-    for dtype in (torch.float32, torch.float64):
-        model = make_hooked(family).to(dtype)
-        images = random_images(model).to(dtype)
-        method = MUTEX(model)
-        if family == "clip_headless":
-            with pytest.raises(ValueError, match="no classifier head"):
-                method.attribute(images)
-            return
-        out = method.attribute(images)
-        assert out.shape == (2, *model.cfg.grid_size) and out.dtype == dtype and torch.isfinite(out).all()
+    check_every_family(lambda model: MUTEX(model), family, {"clip_headless": "no classifier head"})

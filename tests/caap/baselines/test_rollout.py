@@ -3,8 +3,8 @@ import torch
 
 from caap import get_method
 from caap.baselines import GAE, AttentionRollout
-from tests.caap.baselines.manual_vit import (float64_pair, manual_forward, no_hooks_left,
-                                             one_patch_attention_model)
+from tests.caap.baselines.manual_vit import (check_hooks_removed_after_an_exception, float64_pair,
+                                             manual_forward, no_hooks_left, one_patch_attention_model)
 from tests.conftest import FAMILIES, make_hooked, random_images
 
 CLS_FAMILIES = ["vit", "deit3", "clip_quickgelu", "dinov2", "dinov2_reg"]
@@ -124,14 +124,7 @@ def test_families_dtypes_inference_mode_and_no_hooks_left(family, cls):
 @pytest.mark.parametrize("cls", [AttentionRollout, GAE])
 def test_hooks_removed_after_an_exception(cls, monkeypatch):
     model = make_hooked("dinov2_reg")
-
-    def boom(*args):
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(model, "forward_head", boom)
-    with pytest.raises(RuntimeError, match="boom"):
-        cls(model).attribute(random_images(model, 1), target=0)
-    assert no_hooks_left(model)
+    check_hooks_removed_after_an_exception(cls(model), model, monkeypatch)
 
 
 def test_bad_options_and_inputs_are_refused():
