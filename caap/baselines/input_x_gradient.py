@@ -21,19 +21,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from caap.baselines.base import GradientMethod
 from caap.targets import resolve_targets
 
 SCORES = ("prob", "logit")
 LIBRA_RULES = ("layernorm", "attention", "activation")
 
 Hook = tuple[str, Callable]
-
-
-def _check_batch(images: Tensor) -> None:
-    if images.shape[0] == 0:
-        raise ValueError("images is an empty batch (shape [0, ...]); pass at least one image")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contains NaN or inf pixels; attributions of such inputs are meaningless")
 
 
 def _gate(act_fn: str, pre: Tensor) -> Tensor:
@@ -98,7 +92,7 @@ def libra_hooks(model, rules: tuple[str, ...] = LIBRA_RULES) -> list[Hook]:
     return hooks
 
 
-class _TokenInputXGradient:
+class _TokenInputXGradient(GradientMethod):
     """Channel-summed input x gradient of the target score on patch tokens, summed over sites."""
 
     def __init__(self, model, layers: list[int], rules: tuple[str, ...], score: str):
@@ -109,13 +103,6 @@ class _TokenInputXGradient:
         self.model, self.layers, self.score = model, layers, score
         self.rules = tuple(rules)
         libra_hooks(model, self.rules)  # validates the rules now rather than at the first call
-
-    def attribute(self, images: Float[Tensor, "batch chan height width"],
-                  target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
-        self.model.check_images(images)
-        _check_batch(images)
-        with torch.inference_mode(False), torch.enable_grad():  # also works when called under inference_mode
-            return self._attribute(images.clone(), target)
 
     def _attribute(self, images, target):
         model, n_patches = self.model, self.model.cfg.n_patches

@@ -20,7 +20,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from caap.masking import DEFAULT_MEMORY_BUDGET_GB, iter_masked_scores, masked_scores, patch_average
+from caap.baselines.base import PixelLevelMethod
+from caap.masking import DEFAULT_MEMORY_BUDGET_GB, iter_masked_scores, masked_scores
 from caap.targets import prepare_inputs
 
 
@@ -31,7 +32,7 @@ def _pair(value, name: str) -> tuple[int, int]:
     return pair
 
 
-class Occlusion:
+class Occlusion(PixelLevelMethod):
     """Sliding-window occlusion (see the module docstring). ``attribute_pixels`` gives ``[batch, H, W]``;
     ``attribute`` the mean over each patch cell ``[batch, grid_h, grid_w]``."""
 
@@ -70,10 +71,6 @@ class Occlusion:
             r, c = self.starts[0][k // n_cols], self.starts[1][k % n_cols]
             out[i, r:r + self.window[0], c:c + self.window[1]] = 1.0
         return out
-
-    def attribute(self, images: Float[Tensor, "batch chan height width"],
-                  target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
-        return patch_average(self.model, self.attribute_pixels(images, target))
 
     @torch.inference_mode()
     def attribute_pixels(self, images: Float[Tensor, "batch chan height width"],

@@ -26,7 +26,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from caap.blanks import Blank, blank_image
-from caap.masking import DEFAULT_MEMORY_BUDGET_GB, iter_masked_scores, patch_average
+from caap.baselines.base import PixelLevelMethod
+from caap.masking import DEFAULT_MEMORY_BUDGET_GB, iter_masked_scores
 from caap.targets import prepare_inputs
 
 
@@ -65,7 +66,7 @@ class RiseMasks:
         return up[:, 0][n, rows, cols][:, None]
 
 
-class RISE:
+class RISE(PixelLevelMethod):
     """RISE saliency (see the module docstring). ``attribute_pixels`` gives the pixel map
     ``[batch, H, W]``; ``attribute`` its average over each patch cell ``[batch, grid_h, grid_w]``.
     The same N masks (from ``seed``) are used for every image."""
@@ -77,10 +78,6 @@ class RISE:
         self.memory_budget_gb, self.batch_size, self.progress = memory_budget_gb, batch_size, progress
         self.blank = blank_image(model, blank)
         RiseMasks(n_masks, model.cfg.image_size, grid, p_keep, seed)  # validate the options now
-
-    def attribute(self, images: Float[Tensor, "batch chan height width"],
-                  target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
-        return patch_average(self.model, self.attribute_pixels(images, target))
 
     @torch.inference_mode()
     def attribute_pixels(self, images: Float[Tensor, "batch chan height width"],

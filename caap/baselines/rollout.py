@@ -17,16 +17,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from caap.baselines.base import GradientMethod, check_batch
 from caap.targets import resolve_targets
 
 HEAD_FUSIONS = ("mean", "max", "min")
-
-
-def _check_batch(images: Tensor) -> None:
-    if images.shape[0] == 0:
-        raise ValueError("images is an empty batch (shape [0, ...]); pass at least one image")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contains NaN or inf pixels; attributions of such inputs are meaningless")
 
 
 def _require_cls(model, method: str) -> None:
@@ -49,7 +43,7 @@ def _cls_row_times(matrices: list[Float[Tensor, "batch pos pos"]], n_prefix: int
 
 def _check_images_and_target(model, images, target) -> None:
     model.check_images(images)
-    _check_batch(images)
+    check_batch(images)
     if target is not None:  # class-agnostic, but a malformed target is still refused
         resolve_targets(model, images, target)
 
@@ -118,7 +112,7 @@ class AttentionRollout:
         return augmented / augmented.sum(-1, keepdim=True)
 
 
-class GAE:
+class GAE(GradientMethod):
     """GAE: gradient-weighted attention rollout (Chefer, Gur & Wolf, "Generic Attention-model
     Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers", ICCV 2021), the
     self-attention rules of the authors' ViT code (hila-chefer/Transformer-MM-Explainability).
@@ -133,13 +127,6 @@ class GAE:
     def __init__(self, model):
         _require_cls(model, "GAE")
         self.model = model
-
-    def attribute(self, images: Float[Tensor, "batch chan height width"],
-                  target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
-        self.model.check_images(images)
-        _check_batch(images)
-        with torch.inference_mode(False), torch.enable_grad():  # also works when called under inference_mode
-            return self._attribute(images.clone(), target)
 
     def _attribute(self, images, target):
         model = self.model

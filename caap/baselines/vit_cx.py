@@ -28,7 +28,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from caap.masking import DEFAULT_MEMORY_BUDGET_GB, masked_scores, patch_average
+from caap.baselines.base import PixelLevelMethod
+from caap.masking import DEFAULT_MEMORY_BUDGET_GB, masked_scores
 from caap.targets import resolve_targets
 
 
@@ -102,7 +103,7 @@ def causal_impact(masks_score: Float[Tensor, "k"], noise_score: Float[Tensor, "k
     return torch.where(coverage > 0, total / coverage.clamp_min(torch.finfo(masks.dtype).tiny), 0.0) / len(masks)
 
 
-class ViTCX:
+class ViTCX(PixelLevelMethod):
     """ViT-CX (see the module docstring). ``attribute_pixels`` gives ``[batch, H, W]``, ``attribute`` the
     mean over each patch cell. ``seed`` fixes the noise; ``layer``/``hook`` choose the feature layer."""
 
@@ -120,10 +121,6 @@ class ViTCX:
         self.distance_threshold, self.noise_std, self.seed = distance_threshold, noise_std, seed
         self.memory_budget_gb, self.batch_size, self.progress = memory_budget_gb, batch_size, progress
         self.last_n_masks: list[int] = []  # clusters per image of the last call (the cost is 2x this)
-
-    def attribute(self, images: Float[Tensor, "batch chan height width"],
-                  target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
-        return patch_average(self.model, self.attribute_pixels(images, target))
 
     def features(self, images: Float[Tensor, "batch chan height width"]) -> tuple[Tensor, Tensor]:
         """``(logits [batch, n_out], patch features [batch, d, grid_h, grid_w])`` in one forward."""
