@@ -109,7 +109,7 @@ def score_attributions(model, image: Float[Tensor, "1 chan H W"], attributions: 
     for a in attributions:
         if a.ndim != 3 or a.shape[0] != 1:
             raise ValueError(f"each attribution must be one map [1, h, w]; got shape {tuple(a.shape)}")
-        check_finite(a)
+        check_finite(a)  # before upsampling, so the message counts the map's own NaN/Inf values
     h, w = image.shape[-2:]
     maps = torch.cat([to_pixels(a.float(), (h, w)) for a in attributions])
     k = maps.shape[0]
@@ -118,13 +118,14 @@ def score_attributions(model, image: Float[Tensor, "1 chan H W"], attributions: 
                       memory_budget_gb=memory_budget_gb, batch_size=batch_size)
     dele, ins = both["deletion"], both["insertion"]
     d_auc, i_auc = auc(dele), auc(ins)
+    keep = None if mask is None else (mask if ignore is None else mask[~ignore])
+    localize = keep is not None and bool(keep.any()) and not bool(keep.all())
     rows = []
     for j, attribution in enumerate(attributions):
         d, i = float(d_auc[j]), float(i_auc[j])
         row = {"deletion": d, "insertion": i, "ins_del": i - d, "aupr1": None, "aupr0": None, "pointing_game": None}
         if mask is not None:
-            keep = mask if ignore is None else mask[~ignore]
-            if keep.any() and not keep.all():
+            if localize:
                 row["aupr1"], row["aupr0"] = aupr(attribution[0].cpu(), mask, ignore)
                 row["pointing_game"] = float(pointing_game(attribution[0].cpu(), mask, ignore))
             else:

@@ -10,11 +10,10 @@ from caap.masking import patch_average
 
 
 def check_batch(images: Tensor) -> None:
-    """Refuse an empty batch or non-finite pixels (no attribution of them means anything)."""
+    """Refuse an empty batch: the one check ``HookedViT.check_images`` (shape, dtype, NaN/inf pixels), which
+    every caller runs first, leaves to the methods."""
     if images.shape[0] == 0:
         raise ValueError("images is an empty batch (shape [0, ...]); pass at least one image")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contains NaN or inf pixels; attributions of such inputs are meaningless")
 
 
 class GradientMethod:
