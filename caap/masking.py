@@ -22,6 +22,10 @@ from tqdm.auto import tqdm
 
 DEFAULT_MEMORY_BUDGET_GB = 1.0
 DEFAULT_PER_SAMPLE_BYTES = 64 * 2**20  # models without a ViT config (e.g. CNNs): 64 MiB per forward sample
+# On CPU a large batch is *slower* per image (cache misses in the big matmuls): ViT-S/14 at 224 px on the
+# 2-core dev machine ran 72 ms/img at 16 vs 89 ms/img at 108 (`python benchmarks/bench_cpu_batch.py`).
+# GPUs are not capped: there the memory budget alone sets the batch.
+CPU_MAX_BATCH = 16
 
 MaskChunks = Callable[[int, int], Tensor]  # (lo, hi) -> masks[lo:hi], [hi - lo, (1,) h, w]
 Masks = Union[Tensor, MaskChunks]
@@ -51,10 +55,12 @@ def per_sample_bytes(model) -> int:
 
 
 def batch_size_for(model, memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB) -> int:
-    """How many perturbed copies fit into one forward within ``memory_budget_gb`` (at least 1)."""
+    """How many perturbed copies fit into one forward within ``memory_budget_gb`` (at least 1), at most
+    :data:`CPU_MAX_BATCH` on CPU, where larger batches cost more per image."""
     if not memory_budget_gb > 0:
         raise ValueError(f"memory_budget_gb must be > 0; got {memory_budget_gb!r}")
-    return max(1, int(memory_budget_gb * 2**30 // per_sample_bytes(model)))
+    fits = max(1, int(memory_budget_gb * 2**30 // per_sample_bytes(model)))
+    return min(fits, CPU_MAX_BATCH) if _param(model).device.type == "cpu" else fits
 
 
 def _readout(kind: Score, target) -> Callable[[Tensor], Tensor]:

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from caap import masking
 from caap.masking import batch_size_for, iter_masked_scores, masked_scores, per_sample_bytes
 from tests.conftest import make_hooked, random_images
 
@@ -39,11 +40,20 @@ def test_masked_scores_match_a_loop_for_tensor_and_lazy_masks():
     assert chunks == [(0, 5, (5, 1, 56, 56)), (5, 10, (5, 1, 56, 56)), (10, 11, (1, 1, 56, 56))]
 
 
+def test_batch_size_is_not_capped_off_cpu(monkeypatch):
+    model = make_hooked("vit")
+    gb = per_sample_bytes(model) / 2**30
+    monkeypatch.setattr(masking, "_param", lambda m: torch.zeros((), device="meta"))
+    assert batch_size_for(model, 1000 * gb) == 1000
+
+
 def test_batch_size_from_the_memory_budget_and_generic_modules():
     model = make_hooked("vit")
     cfg = model.cfg
     assert per_sample_bytes(model) > 4 * cfg.n_tokens * (2 * cfg.d_mlp + cfg.n_heads * cfg.n_tokens)
-    assert batch_size_for(model, 2.0) == pytest.approx(2 * batch_size_for(model, 1.0), abs=1)
+    gb = per_sample_bytes(model) / 2**30
+    assert [batch_size_for(model, k * gb) for k in (1, 5, 10.5)] == [1, 5, 10]  # what fits the budget ...
+    assert batch_size_for(model, 1000 * gb) == masking.CPU_MAX_BATCH  # ... at most CPU_MAX_BATCH on CPU
     assert batch_size_for(model, 1e-9) == 1
     cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                               torch.nn.Linear(4, 5))
