@@ -30,14 +30,19 @@ def _as_class_tensor(target) -> Tensor:
     return tensor.reshape(-1).long()
 
 
+def require_classifier(model) -> None:
+    """Refuse class targets on a headless model: its output is an embedding, whose arg-max is no class."""
+    if model.cfg.num_classes == 0:
+        raise ValueError("this model has no classifier head (num_classes=0): pass score=<callable on the "
+                         "output embedding> instead of a class target")
+
+
 def resolve_targets(model, images: Float[Tensor, "batch chan height width"],
                     target: int | Tensor | None) -> Int[Tensor, "batch"]:
     """None -> the predicted class; an int -> that class for every image; a tensor/sequence of ints -> one
     class per image."""
+    require_classifier(model)
     n_classes, batch = model.cfg.num_classes, images.shape[0]
-    if n_classes == 0:
-        raise ValueError("this model has no classifier head (num_classes=0): pass score=<callable on the "
-                         "output embedding> instead of a class target")
     if target is None:
         with torch.no_grad():  # not inference_mode: Grad-CAM differentiates through a gather on it
             return model(images).argmax(-1)

@@ -6,28 +6,22 @@ ViT reshape transform.
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float, Int
-from torch import Tensor
 
-from caap.targets import resolve_targets
+from caap.baselines.base import GradientMethod, GradientScore, check_score
 
 
-class GradCAM:
+class GradCAM(GradientMethod):
     """Grad-CAM on the tokens entering the last block's attention (``blocks.{L-1}.ln1.hook_normalized``):
-    channel weights are the patch-averaged gradients of the class score; one forward + one backward."""
+    channel weights are the patch-averaged gradients of the explained score; one forward + one backward.
+    ``score``: the class logit (default, as pytorch-grad-cam's ``ClassifierOutputTarget``), ``"prob"``, or a
+    callable on the output ``[batch, n_out] -> [batch]`` (its custom targets; needed for headless models)."""
 
-    def __init__(self, model, layer: int | None = None):
-        self.model = model
+    def __init__(self, model, layer: int | None = None, score: GradientScore = "logit"):
+        self.model, self.score = model, check_score(score)
         self.hook_name = f"blocks.{model.cfg.n_layers - 1 if layer is None else layer}.ln1.hook_normalized"
-
-    def attribute(self, images: Float[Tensor, "batch chan height width"],
-                  target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
-        with torch.inference_mode(False), torch.enable_grad():  # also works when called under inference_mode
-            return self._attribute(images.to(next(self.model.parameters()).device).clone(), target)
 
     def _attribute(self, images, target):
         model, n_pre = self.model, self.model.cfg.n_prefix_tokens
-        targets = resolve_targets(model, images, target).clone()  # a normal tensor even if target was not
         stored = {}
 
         def keep(act, hook):  # a leaf when the weights are frozen, so the gradient always exists
@@ -37,7 +31,7 @@ class GradCAM:
         with model.hooks(fwd_hooks=[(self.hook_name, keep)]):
             logits = model(images)
             acts = stored["a"]
-            grads = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), acts)[0]
+            grads = torch.autograd.grad(self.explained_score(logits, images, target).sum(), acts)[0]
         acts, grads = acts[:, n_pre:].detach(), grads[:, n_pre:]
         cam = torch.relu((acts * grads.mean(1, keepdim=True)).sum(-1))
         return model.layout.to_grid(cam)

@@ -4,7 +4,8 @@ Facts from the authors' code (NightMachinery/decompv-libragrad-v1 with its timm 
 pytorch-image-models-libragrad-v1): IxG is taken on the tokens fed to the first block (their
 ``blocks__0__CAT``), IxG+ sums the channel-summed IxG of every block's input from block ``L // 2`` on
 (their ``CAT_s:sum_sum_f{L//2}``), and the explained score is the softmax probability of the target
-class (their default ``softmax_mode="S1"``; ``score="logit"`` is offered). All three cost one forward
+class (their default ``softmax_mode="S1"``; ``score="logit"`` or a callable on the output, e.g. for a
+headless model, is offered). All three cost one forward
 and one backward per batch.
 
 One named deviation: for CLIP towers (``ln_pre``) the reference takes IxG *before* ``norm_pre``. IxG on
@@ -15,16 +16,13 @@ family.
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
-from jaxtyping import Float, Int
 from torch import Tensor
 
-from caap.baselines.base import GradientMethod
-from caap.targets import resolve_targets
+from caap.baselines.base import GradientMethod, GradientScore, check_score
 
-SCORES = ("prob", "logit")
 LIBRA_RULES = ("layernorm", "attention", "activation")
 
 Hook = tuple[str, Callable]
@@ -95,9 +93,8 @@ def libra_hooks(model, rules: tuple[str, ...] = LIBRA_RULES) -> list[Hook]:
 class _TokenInputXGradient(GradientMethod):
     """Channel-summed input x gradient of the target score on patch tokens, summed over sites."""
 
-    def __init__(self, model, layers: list[int], rules: tuple[str, ...], score: str):
-        if score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}; got {score!r}")
+    def __init__(self, model, layers: list[int], rules: tuple[str, ...], score: GradientScore):
+        check_score(score)
         if isinstance(rules, str):
             raise ValueError(f"rules must be a tuple of rule names from {LIBRA_RULES}; got the string {rules!r}")
         self.model, self.layers, self.score = model, layers, score
@@ -106,7 +103,6 @@ class _TokenInputXGradient(GradientMethod):
 
     def _attribute(self, images, target):
         model, n_patches = self.model, self.model.cfg.n_patches
-        targets = resolve_targets(model, images, target).clone()
         images = images.detach().requires_grad_()  # a graph even when the weights are frozen
         acts: dict[str, Tensor] = {}
 
@@ -116,8 +112,7 @@ class _TokenInputXGradient(GradientMethod):
         sites = [f"blocks.{l}.hook_resid_pre" for l in self.layers]
         with model.hooks(fwd_hooks=[(name, keep) for name in sites] + libra_hooks(model, self.rules)):
             logits = model(images)
-        scores = logits.softmax(-1) if self.score == "prob" else logits
-        grads = torch.autograd.grad(scores.gather(1, targets[:, None]).sum(), [acts[name] for name in sites])
+        grads = torch.autograd.grad(self.explained_score(logits, images, target).sum(), [acts[name] for name in sites])
         total = sum((acts[name].detach()[:, -n_patches:] * g[:, -n_patches:]).sum(-1)
                     for name, g in zip(sites, grads))
         return model.layout.to_grid(total)
@@ -135,10 +130,11 @@ def _skip_layers(model, start_layer: int | None) -> list[int]:
 class InputXGradient(_TokenInputXGradient):
     """IxG on tokens: ``sum_d t_{p,d} * dS/dt_{p,d}`` for the patch tokens ``t`` entering block 0
     (``blocks.0.hook_resid_pre``: patch plus position embedding, after CLIP's ``ln_pre``), ``S`` the
-    target's softmax probability (``score``: ``"prob"`` default as in the LibraGrad code, or ``"logit"``).
+    target's softmax probability (``score``: ``"prob"`` default as in the LibraGrad code, ``"logit"`` or a
+    callable on the output ``[batch, n_out] -> [batch]``).
     One forward, one backward."""
 
-    def __init__(self, model, score: Literal["prob", "logit"] = "prob"):
+    def __init__(self, model, score: GradientScore = "prob"):
         super().__init__(model, [0], (), score)
 
 
@@ -148,7 +144,7 @@ class IxGPlus(_TokenInputXGradient):
     ``l = start_layer .. L-1`` on the patch tokens. Defaults: ``start_layer = L // 2`` (the authors'
     setting), ``score="prob"``. One forward, one backward."""
 
-    def __init__(self, model, start_layer: int | None = None, score: Literal["prob", "logit"] = "prob"):
+    def __init__(self, model, start_layer: int | None = None, score: GradientScore = "prob"):
         super().__init__(model, _skip_layers(model, start_layer), (), score)
 
 
@@ -160,5 +156,5 @@ class LibraIxGPlus(_TokenInputXGradient):
     ``score="prob"``. One forward, one backward (explicit LN and attention paths)."""
 
     def __init__(self, model, start_layer: int | None = None, rules: tuple[str, ...] = LIBRA_RULES,
-                 score: Literal["prob", "logit"] = "prob"):
+                 score: GradientScore = "prob"):
         super().__init__(model, _skip_layers(model, start_layer), rules, score)

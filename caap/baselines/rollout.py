@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from caap.baselines.base import GradientMethod, check_batch
+from caap.baselines.base import GradientMethod, GradientScore, check_batch, check_score
 from caap.targets import resolve_targets
 
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -119,18 +119,18 @@ class GAE(GradientMethod):
 
     Per block: ``Abar = mean_heads(relu(dS/dA * A))`` with ``A`` the attention pattern and ``S`` the target
     class logit; ``R = I``, then ``R <- R + Abar @ R`` over the blocks in order. The map is the CLS row of
-    ``R`` over the patch columns. No options (the paper has none).
+    ``R`` over the patch columns. The paper has no options; ``score`` (default the class logit, as the
+    authors' one-hot product) also takes ``"prob"`` or a callable on the output ``[batch, n_out] -> [batch]``.
 
     Cost: one forward (explicit-softmax attention path) and one backward per batch.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, score: GradientScore = "logit"):
         _require_cls(model, "GAE")
-        self.model = model
+        self.model, self.score = model, check_score(score)
 
     def _attribute(self, images, target):
         model = self.model
-        targets = resolve_targets(model, images, target).clone()
         images = images.detach().requires_grad_()  # connects every block's pattern, frozen weights or not
         patterns: dict[int, Tensor] = {}
 
@@ -143,7 +143,7 @@ class GAE(GradientMethod):
         with model.hooks(fwd_hooks=names):
             logits = model(images)
         layers = sorted(patterns)
-        grads = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), [patterns[l] for l in layers])
+        grads = torch.autograd.grad(self.explained_score(logits, images, target).sum(), [patterns[l] for l in layers])
         eye = torch.eye(model.cfg.n_tokens, dtype=logits.dtype, device=logits.device)
         # R_L = (I + Abar_L) ... (I + Abar_1): R <- R + Abar @ R is R <- (I + Abar) @ R
         matrices = [eye + torch.relu(g * patterns[l].detach()).mean(1) for l, g in zip(layers, grads)]
