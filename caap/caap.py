@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from caap.blanks import Blank, blank_context
 from caap.selection import Selection, all_neighbourhoods
-from caap.targets import resolve_targets
+from caap.targets import refuse_target_with_callable, resolve_targets
 from vit_lens.patching import ENGINES, ClassScore, Intervention, cache_context, run_patching
 from vit_lens.validation import check_int, check_positive_real
 
@@ -138,13 +138,14 @@ class CAAP:
     def attribute(self, images: Float[Tensor, "batch chan height width"],
                   target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
         """Patch-level attribution maps. ``target``: None (predicted class), an int, or one class per image
-        (ignored when ``score`` is a callable). Empty batches and NaN/inf pixels are refused."""
+        (must be None when ``score`` is a callable). Empty batches and NaN/inf pixels are refused."""
         model = self.model
         model.check_images(images)
         if images.shape[0] == 0:
             raise ValueError(f"images must hold at least one image; got shape {tuple(images.shape)}")
         param = next(model.parameters())
         images = images.to(param.device, param.dtype)
+        refuse_target_with_callable(self.score, target)
         targets = None if callable(self.score) else resolve_targets(model, images, target)
         blank = blank_context(model, self.blank, self.blank_seed)
         batches = range(0, images.shape[0], self.batch_size)

@@ -44,7 +44,7 @@ from caap.blanks import Blank, blank_image
 from caap.caap import SCORES, Score, resolve_layers, upsample
 from caap.cnn_model import CNNClassifier, as_cnn_classifier
 from caap.selection import Selection, all_neighbourhoods
-from caap.targets import resolve_targets
+from caap.targets import refuse_target_with_callable, resolve_targets
 from vit_lens.patching import ClassScore
 
 
@@ -134,10 +134,11 @@ class CNNCAAP:
     def attribute(self, images: Float[Tensor, "batch chan height width"],
                   target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
         """Patch-level maps ``[batch, grid_h, grid_w]`` for the predicted class (``target=None``), an int, or
-        one class per image (ignored when ``score`` is a callable)."""
+        one class per image (must be None when ``score`` is a callable)."""
         model, end = self.model, self.layers[1]
         model.check_images(images)
         images = images.to(self.blank_maps[0].device)
+        refuse_target_with_callable(self.score, target)
         targets = None if callable(self.score) else resolve_targets(model, images, target)
         source = model.block_inputs(images, upto=end)[end]  # h^{l_e}(x) [batch, C, h, w]
         blank, mask = self.blank_maps[end], self.masks[end]

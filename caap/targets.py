@@ -37,6 +37,13 @@ def require_classifier(model) -> None:
                          "output embedding> instead of a class target")
 
 
+def refuse_target_with_callable(score, target) -> None:
+    """A callable score decides what is explained; a class target beside it would be silently ignored."""
+    if callable(score) and target is not None:
+        raise ValueError(f"target must be None when score is a callable (the callable decides what is "
+                         f"explained); got target={target!r}")
+
+
 def resolve_targets(model, images: Float[Tensor, "batch chan height width"],
                     target: int | Tensor | None) -> Int[Tensor, "batch"]:
     """None -> the predicted class; an int -> that class for every image; a tensor/sequence of ints -> one

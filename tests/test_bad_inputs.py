@@ -82,6 +82,8 @@ CASES = [
          ValueError, r"shape \[batch, K\].*got shape \(2, \d+, 1\)"),
     Case("caap: score callable returns a float", lambda t: attribute(score=lambda out: 1.0), ValueError,
          r"shape \[batch, K\].*got float"),
+    Case("caap: score callable and a target", lambda t: attribute(3, score=lambda out: out[..., 0]), ValueError,
+         r"target must be None when score is a callable .*; got target=3"),
     Case("target: float 3.7", lambda t: attribute(3.7), TypeError, r"target must be .*int.*got 3\.7 \(float\)"),
     Case("target: True", lambda t: attribute(True), TypeError, r"target must be .*got True \(bool\)"),
     Case("target: float tensor", lambda t: attribute(torch.tensor([1.0, 2.5])), TypeError,

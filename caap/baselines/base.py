@@ -9,7 +9,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from caap.masking import patch_average
-from caap.targets import require_classifier, resolve_targets
+from caap.targets import refuse_target_with_callable, require_classifier, resolve_targets
 
 SCORES = ("prob", "logit")
 # "logit" / "prob": the explained class's logit or softmax probability; a callable maps the model's output
@@ -48,11 +48,8 @@ class GradientMethod:
                   target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
         self.model.check_images(images)
         check_batch(images)
-        if callable(self.score):
-            if target is not None:
-                raise ValueError(f"target must be None when score is a callable (the callable decides what is "
-                                 f"explained); got target={target!r}")
-        else:
+        refuse_target_with_callable(self.score, target)
+        if not callable(self.score):
             require_classifier(self.model)
         with torch.inference_mode(False), torch.enable_grad():
             return self._attribute(images.to(next(self.model.parameters()).device).clone(), target)

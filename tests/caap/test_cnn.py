@@ -139,6 +139,8 @@ def test_chunks_memory_budget_and_prob(resnets):
         pred = model(images).argmax(-1)
     assert torch.equal(full.attribute(images), full.attribute(images, pred))
     assert full.attribute_pixels(images, 2).shape == (2, 32, 32)
+    with pytest.raises(ValueError, match=r"target must be None when score is a callable .*; got target=2"):
+        CNNCAAP(model, score=lambda out: out[..., 0], **opts).attribute(images, 2)
     # each image is explained on its own: the batch result equals one image at a time
     assert torch.allclose(full.attribute(images[1:], 2)[0], expected[1], atol=1e-5)
 
