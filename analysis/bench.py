@@ -280,7 +280,7 @@ def run(args) -> int:
     status = 0
     if rank == 0:
         rows = merge(out, names, settings["methods"])
-        table = write_tables(out, rows, [m for m in settings["methods"] if m in methods], settings,
+        table = write_tables(out, rows, [m for m in methods if m in settings["methods"]], settings,  # --methods order
                              common=args.common_images)
         print(table)
         print(f"wrote {out / 'table.md'}, {out / 'table.csv'} ({len(rows)} rows)")

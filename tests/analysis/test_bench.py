@@ -88,6 +88,9 @@ def test_table_only_and_common_images(setup, tmp_path, capsys):
     kept = [r for r in expected.values() if r["sample"] in caap_samples[:2] and r["method"] == "grad-cam"]
     mean_del = 100 * np.mean([r["deletion"] for r in kept])
     assert f"{mean_del:.2f}" in table.splitlines()[2]
+    reordered = [("caap,grad-cam" if a == "grad-cam,caap" else a) for a in args(setup, out, "--n", "4", "--seed", "1")]
+    assert main(reordered + ["--table-only"]) == 0  # rows follow the --methods order given
+    assert [line.split(" | ")[0] for line in (out / "table.md").read_text().splitlines()[2:4]] == ["| caap", "| grad-cam"]
     capsys.readouterr()
     assert main(args(setup, tmp_path / "none", "--table-only")) == 2
     assert "--table-only" in capsys.readouterr().err and not (tmp_path / "none").exists()
