@@ -113,19 +113,26 @@ def plot_curves(curves: Mapping[str, Mapping[str, Float[np.ndarray, "n steps"]]]
     line per method. ``curves[method][mode]`` is ``[n_images, n_steps + 1]``."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    n = len(curves)
+    below = n > 6  # a long legend inside the axes would hide the curves: put it under them, two columns
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6 + (0.12 * n if below else 0)))
+    colors = plt.get_cmap("tab10" if n <= 10 else "tab20")  # distinct colours up to 20 methods
     for ax, mode in zip(axes, ("insertion", "deletion")):
         for i, (method, per_mode) in enumerate(curves.items()):
             c = np.asarray(per_mode[mode], dtype=float)
             x = np.linspace(0, 1, c.shape[1])
             mean, se = c.mean(0), c.std(0) / np.sqrt(c.shape[0])
             auc = float(np.trapezoid(mean, x)) if hasattr(np, "trapezoid") else float(np.trapz(mean, x))
-            ax.plot(x, mean, color=f"C{i}", label=f"{method} ({auc:.3f}, n={c.shape[0]})")
-            ax.fill_between(x, mean - se, mean + se, color=f"C{i}", alpha=0.2)
+            color, style = colors(i % colors.N), ("-", "--", ":")[(i // colors.N) % 3]
+            ax.plot(x, mean, color=color, linestyle=style, label=f"{method} ({auc:.3f}, n={c.shape[0]})")
+            ax.fill_between(x, mean - se, mean + se, color=color, alpha=0.15)
         ax.set_xlabel(f"fraction of pixels {'inserted' if mode == 'insertion' else 'deleted'}")
         ax.set_ylabel("probability of the explained class")
         ax.set_title(f"{mode.capitalize()} {'↑' if mode == 'insertion' else '↓'} (AUC of the mean curve)", fontsize=9)
-        ax.legend(fontsize=7)
+        if below:
+            ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+        else:
+            ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

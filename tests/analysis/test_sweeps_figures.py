@@ -81,6 +81,9 @@ def test_sweep_blank_selection_methods_and_figures(tmp_path):
     assert len(plot_ablation(summary).axes) == 6
     curves = {"a": {"insertion": np.random.rand(3, 5), "deletion": np.random.rand(3, 5)}}
     assert len(plot_curves(curves).axes) == 2
+    many = {f"m{i}": curves["a"] for i in range(14)}  # more methods than tab10 has colours: none shared
+    styles = {(line.get_color(), line.get_linestyle()) for line in plot_curves(many).axes[0].get_lines()}
+    assert len(styles) == 14
     images = np.random.rand(2, 64, 64, 3)
     masks = [np.zeros((64, 64), bool), None]
     masks[0][10:30, 10:30] = True
