@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 DEFAULT_MEMORY_BUDGET_GB = 1.0
 DEFAULT_PER_SAMPLE_BYTES = 64 * 2**20  # models without a ViT config (e.g. CNNs): 64 MiB per forward sample
 # On CPU a large batch is *slower* per image (cache misses in the big matmuls): ViT-S/14 at 224 px on the
-# 2-core dev machine ran 72 ms/img at 16 vs 89 ms/img at 108 (`python benchmarks/bench_cpu_batch.py`).
+# 2-core dev machine ran 72 ms/img at 16 vs 89-101 ms/img at 108 (`python benchmarks/bench_cpu_batch.py`).
 # GPUs are not capped: there the memory budget alone sets the batch.
 CPU_MAX_BATCH = 16
 
