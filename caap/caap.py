@@ -14,14 +14,13 @@ from tqdm.auto import tqdm
 
 from caap.blanks import Blank, blank_context
 from caap.selection import Selection, all_neighbourhoods
-from caap.targets import refuse_target_with_callable, resolve_targets
+from caap.targets import check_score, refuse_target_with_callable, resolve_targets
 from vit_lens.patching import ENGINES, ClassScore, Intervention, cache_context, run_patching
 from vit_lens.validation import check_int, check_positive_real
 
 logger = logging.getLogger(__name__)
 
 Score = str | Callable[[Float[Tensor, "batch K n_out"]], Float[Tensor, "batch K"]]
-SCORES = ("logit", "prob")
 
 
 def default_layers(n_layers: int) -> tuple[int, int]:
@@ -111,8 +110,7 @@ class CAAP:
         model = as_hooked_vit(model)
         if not isinstance(engine, str) or engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}; got {engine!r}")
-        if not callable(score) and (not isinstance(score, str) or score not in SCORES):
-            raise ValueError(f"score must be one of {SCORES} or a callable; got {score!r}")
+        check_score(score, "the output [batch, K, n_out] to [batch, K]")
         batch_size = check_int(batch_size, "batch_size", minimum=1)
         chunk_size = None if chunk_size is None else check_int(chunk_size, "chunk_size", minimum=1)
         memory_budget_gb = check_positive_real(memory_budget_gb, "memory_budget_gb")

@@ -41,10 +41,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from caap.blanks import Blank, blank_image
-from caap.caap import SCORES, Score, resolve_layers, upsample
+from caap.caap import Score, resolve_layers, upsample
 from caap.cnn_model import CNNClassifier, as_cnn_classifier
 from caap.selection import Selection, all_neighbourhoods
-from caap.targets import refuse_target_with_callable, resolve_targets
+from caap.targets import check_score, refuse_target_with_callable, resolve_targets
 from vit_lens.patching import ClassScore
 
 
@@ -86,8 +86,7 @@ class CNNCAAP:
                  radius: int = 1, blank: Blank = "white", score: Score = "logit", freeze_context: bool = False,
                  chunk_size: int | None = None, memory_budget_gb: float = 1.0, blank_seed: int = 0,
                  progress: bool | None = None, **wrap_kwargs):
-        if not callable(score) and score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES} or a callable; got {score!r}")
+        check_score(score, "the output [batch, K, n_out] to [batch, K]")
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be None or a positive int; got {chunk_size!r}")
         if not memory_budget_gb > 0:

@@ -30,6 +30,16 @@ def _as_class_tensor(target) -> Tensor:
     return tensor.reshape(-1).long()
 
 
+SCORES = ("logit", "prob")
+
+
+def check_score(score, callable_maps: str):
+    """``score`` is ``"logit"``, ``"prob"`` or a callable (``callable_maps`` says its shapes, for the message)."""
+    if callable(score) or (isinstance(score, str) and score in SCORES):
+        return score
+    raise ValueError(f"score must be one of {SCORES} or a callable mapping {callable_maps}; got {score!r}")
+
+
 def require_classifier(model) -> None:
     """Refuse class targets on a headless model: its output is an embedding, whose arg-max is no class."""
     if model.cfg.num_classes == 0:

@@ -9,19 +9,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from caap.masking import patch_average
+from caap.targets import check_score as _check_score
 from caap.targets import refuse_target_with_callable, require_classifier, resolve_targets
 
-SCORES = ("prob", "logit")
 # "logit" / "prob": the explained class's logit or softmax probability; a callable maps the model's output
 # [batch, n_out] (logits, or the embedding of a headless model) to one differentiable score per image [batch].
 GradientScore = Union[str, Callable[[Tensor], Tensor]]
 
 
 def check_score(score) -> GradientScore:
-    if callable(score) or (isinstance(score, str) and score in SCORES):
-        return score
-    raise ValueError(f"score must be one of {SCORES} or a callable mapping the output [batch, n_out] to "
-                     f"[batch]; got {score!r}")
+    return _check_score(score, "the output [batch, n_out] to [batch]")
 
 
 def check_batch(images: Tensor) -> None:

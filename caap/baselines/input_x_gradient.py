@@ -94,10 +94,9 @@ class _TokenInputXGradient(GradientMethod):
     """Channel-summed input x gradient of the target score on patch tokens, summed over sites."""
 
     def __init__(self, model, layers: list[int], rules: tuple[str, ...], score: GradientScore):
-        check_score(score)
         if isinstance(rules, str):
             raise ValueError(f"rules must be a tuple of rule names from {LIBRA_RULES}; got the string {rules!r}")
-        self.model, self.layers, self.score = model, layers, score
+        self.model, self.layers, self.score = model, layers, check_score(score)
         self.rules = tuple(rules)
         libra_hooks(model, self.rules)  # validates the rules now rather than at the first call
 
