@@ -5,11 +5,18 @@ A :class:`Sample` names an image file, its label and optionally a mask file with
 image goes through ``model.transform`` (timm's eval transform for the checkpoint: resize, then centre crop,
 or squash, as its ``data_config`` says); the mask goes through the SAME geometric steps with nearest
 interpolation, so mask pixels stay aligned with image pixels.
+
+Bad files fail where they are read, naming the file (and the manifest line): unreadable images and masks,
+labels that are not non-negative integers, and masks whose decoded values are outside their format's set or
+whose object is empty (:func:`decode_mask`). An object that is present in the file but falls outside the
+model's crop is legitimate: :func:`load_sample` logs a warning and the localization metrics of that image
+are recorded as ``None`` (``analysis.evaluate``).
 """
 from __future__ import annotations
 
 import copy
 import csv
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -17,8 +24,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from jaxtyping import Bool, Float
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 # decoded mask values: 0 background, 1 foreground, IGNORE left out of the localization metrics
 FOREGROUND, IGNORE = 1, 255
@@ -45,6 +54,32 @@ class Sample:
 
 
 REQUIRED_COLUMNS = ("image", "label")
+LABEL_RULE = "labels are class indices 0, 1, 2, ... (non-negative integers)"
+
+
+def parse_label(value: str | None, where: str) -> int:
+    """A class index read from a text field; ``where`` names the file and line for the error."""
+    text = (value or "").strip()
+    try:
+        label = int(text)
+    except ValueError:
+        raise ValueError(f"{where}: label {value!r} is not an integer; {LABEL_RULE}") from None
+    if label < 0:
+        raise ValueError(f"{where}: label {label} is negative; {LABEL_RULE}")
+    return label
+
+
+def open_image(path: Path, what: str = "image") -> Image.Image:
+    """The decoded file (all pixels read now), or one error naming it: FileNotFoundError when absent,
+    ValueError when it is no image PIL can decode (corrupt, truncated, another format)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} not found")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read {what} {str(path)!r}: {err}") from None
+    return img
 
 
 def load_manifest(csv_path: str | Path, *, kind: str | None = None) -> list[Sample]:
@@ -67,8 +102,12 @@ def load_manifest(csv_path: str | Path, *, kind: str | None = None) -> list[Samp
         for row in reader:
             if kind is not None and row.get("kind") != kind:
                 continue
+            where = f"manifest {str(csv_path)!r} line {reader.line_num}"
+            if not (row["image"] or "").strip():
+                raise ValueError(f"{where}: the image cell is empty; give a path relative to the CSV")
+            label = parse_label(row["label"], where)
             mask = csv_path.parent / row["mask"] if row.get("mask") else None
-            samples.append(Sample(csv_path.parent / row["image"], mask, int(row["label"]), Path(row["image"]).stem))
+            samples.append(Sample(csv_path.parent / row["image"], mask, label, Path(row["image"]).stem))
     if not samples:
         raise ValueError(f"no samples in {csv_path}" + (f" with kind={kind!r}" if kind else ""))
     return samples
@@ -93,21 +132,61 @@ def _geometric_steps(model) -> list:
     return steps
 
 
+def _values(a: np.ndarray, limit: int = 8) -> str:
+    found = np.unique(a).tolist()
+    return str(found) if len(found) <= limit else f"{found[:limit - 1]} ... {found[-1]} ({len(found)} values)"
+
+
 def decode_mask(sample: Sample) -> np.ndarray:
-    """The sample's mask at its file's resolution: uint8 with 0 background, 1 foreground, 255 ignore."""
+    """The sample's mask at its file's resolution: uint8 with 0 background, 1 foreground, 255 ignore.
+
+    Checked against its format, so a mask in another encoding fails here instead of silently dropping the
+    localization metrics: ``binary`` needs an object pixel (grey > 127; a 0/1 mask has none); ``trimap``
+    needs one channel (an RGB file with equal channels is read as grey) holding only 1, 2, 3 and a pet
+    pixel; ``imagenet_s`` needs a colour file (greyscale would turn value v into id 257 v), ids <= 1000 and a
+    pixel of the image's own class ``mask_class``. ValueError names the file, the values found and the
+    expected encoding."""
     if sample.mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format must be one of {MASK_FORMATS}; got {sample.mask_format!r}")
-    img = Image.open(sample.mask)
+    path = str(sample.mask)
+    img = open_image(sample.mask, "mask")
     if sample.mask_format == "binary":
-        return (np.asarray(img.convert("L")) > 127).astype(np.uint8)
+        grey = np.asarray(img.convert("L"))
+        out = (grey > 127).astype(np.uint8)
+        if not out.any():
+            raise ValueError(f"mask {path!r} has no object pixel: values found {_values(grey)} ({img.mode}); "
+                             f"expected a binary mask with the object > 127 (e.g. 0 background, 255 object)")
+        return out
     if sample.mask_format == "trimap":
+        expected = "a single-channel PNG holding 1 pet, 2 background, 3 border (Oxford-IIIT-Pet trimap)"
         t = np.asarray(img)
-        out = np.zeros(t.shape[:2], np.uint8)
+        if t.ndim == 3:
+            if img.mode in ("RGB", "RGBA") and (t[..., :3] == t[..., :1]).all():
+                t = t[..., 0]  # grey values saved as RGB
+            else:
+                raise ValueError(f"trimap {path!r} is a {img.mode} image with differing channels; expected {expected}")
+        if not np.isin(t, (1, 2, 3)).all():
+            raise ValueError(f"trimap {path!r} holds values {_values(t)}; expected {expected}")
+        if not (t == 1).any():
+            raise ValueError(f"trimap {path!r} has no pet pixel (value 1): values found {_values(t)}; "
+                             f"expected {expected}")
+        out = np.zeros(t.shape, np.uint8)
         out[t == 1] = FOREGROUND
         out[t == 3] = IGNORE
         return out
+    expected = (f"an RGB PNG with class id R + 256 G (0 other, 1000 ignored, this image's class "
+                f"{sample.mask_class}; ImageNet-S data_preparation.sh)")
+    if sample.mask_class is None:
+        raise ValueError(f"mask {path!r}: mask_format 'imagenet_s' needs the sample's mask_class")
+    if img.mode not in ("RGB", "RGBA", "P"):
+        raise ValueError(f"ImageNet-S mask {path!r} is a {img.mode} (single-channel) image; expected {expected}")
     rgb = np.asarray(img.convert("RGB")).astype(np.int64)
-    ids = rgb[..., 0] + 256 * rgb[..., 1]
+    ids = rgb[..., 0] + 256 * rgb[..., 1]  # blue is unused (the reference evaluator reads R + 256 G)
+    if (ids > 1000).any():
+        raise ValueError(f"ImageNet-S mask {path!r} holds class ids {_values(ids)} (above 1000); expected {expected}")
+    if not (ids == sample.mask_class).any():
+        raise ValueError(f"ImageNet-S mask {path!r} has no pixel of this image's class id {sample.mask_class}: ids "
+                         f"found {_values(ids)}; expected {expected}")
     out = (ids == sample.mask_class).astype(np.uint8)
     out[ids == 1000] = IGNORE
     return out
@@ -123,7 +202,7 @@ def load_sample(model, sample: Sample) -> Loaded:
     """``model.transform`` applied to the image and (nearest) to the mask; the image on the model's
     device and dtype, the masks on the CPU."""
     param = next(model.parameters())
-    image = Image.open(sample.image).convert("RGB")
+    image = open_image(sample.image).convert("RGB")
     x = model.transform(image)[None].to(param.device, param.dtype)
     if sample.mask is None:
         return Loaded(x, None, None)
@@ -137,6 +216,9 @@ def load_sample(model, sample: Sample) -> Loaded:
     if tuple(m.shape) != tuple(x.shape[-2:]):
         raise ValueError(f"the mask came out {tuple(m.shape)} but the image {tuple(x.shape[-2:])}")
     ignore = m == IGNORE
+    if not (m == FOREGROUND).any():
+        log.warning("mask %s: the object lies outside the model's crop of %s; its localization metrics are "
+                    "recorded as None", sample.mask, sample.image)
     return Loaded(x, m == FOREGROUND, ignore if ignore.any() else None)
 
 

@@ -13,6 +13,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from analysis.data import REQUIRED_COLUMNS, parse_label
 from analysis.grouping import Grouping, attention_grouping, patch_labels
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,26 @@ def load_instance_manifest(csv_path: str | Path, *, kind: str | None = None) -> 
     each object) when both are given, else the single ``mask``. ``kind`` filters on the ``kind`` column."""
     csv_path = Path(csv_path)
     out = []
-    with open(csv_path) as f:
-        for row in csv.DictReader(f):
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        has_masks = "mask" in columns or {"mask_a", "mask_b"} <= set(columns)
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns] + ([] if has_masks else ["mask"])
+        if missing:
+            raise ValueError(f"manifest {str(csv_path)!r} lacks column(s) {', '.join(missing)}; it has "
+                             f"{', '.join(columns) or 'none'} (attention grouping needs object masks: a 'mask' "
+                             f"column, or 'mask_a' and 'mask_b' for pairs)")
+        for row in reader:
             if kind is not None and row.get("kind") != kind:
                 continue
+            where = f"manifest {str(csv_path)!r} line {reader.line_num}"
             parts = [row.get("mask_a"), row.get("mask_b")]
-            masks = parts if all(parts) else [row["mask"]]
+            masks = parts if all(parts) else [row.get("mask")]
+            if not all(masks) or not row["image"]:
+                raise ValueError(f"{where}: empty image or mask cell; attention grouping needs an object mask "
+                                 f"per row ('mask', or 'mask_a' and 'mask_b')")
             out.append(InstanceSample(csv_path.parent / row["image"], tuple(csv_path.parent / m for m in masks),
-                                      int(row["label"]), Path(row["image"]).stem))
+                                      parse_label(row["label"], where), Path(row["image"]).stem))
     if not out:
         raise ValueError(f"no samples in {csv_path}" + (f" with kind={kind!r}" if kind else ""))
     return out

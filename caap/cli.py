@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 def read_image(path: Path):
     """Decode the whole file now (so truncated files fail before the model loads), apply the EXIF
     orientation, scale 16-bit greyscale to 8 bits (PIL would clip it to white). Returns an RGB image, or
-    RGBA when the file has transparency (see :func:`flatten_alpha`)."""
+    RGBA when the file has transparency (see :func:`flatten_alpha`). 32-bit integer pixels (a TIFF with
+    more than 16 bits per sample, or any value outside 0..65535) are refused like 32-bit float ones: they
+    have no defined full scale, and stretching by the image's own range would change what the model sees."""
     import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -67,9 +69,15 @@ def read_image(path: Path):
     try:
         with Image.open(path) as opened:
             opened.load()
+            bits = getattr(opened, "tag_v2", {}).get(258)  # TIFF BitsPerSample; PIL widens 16 and 32 to 'I'
             image = ImageOps.exif_transpose(opened)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UsageError(f"cannot read image {str(path)!r}: {err}") from None
+    if image.mode == "I":
+        values = np.asarray(image)
+        if max(np.atleast_1d(bits or 16)) > 16 or values.min() < 0 or values.max() > 65535:
+            raise UsageError(f"cannot read image {str(path)!r}: 32-bit integer pixels (values {values.min()}.."
+                             f"{values.max()}) have no defined full scale; save it as an 8- or 16-bit PNG")
     if image.mode in SIXTEEN_BIT_MODES:  # 16-bit greyscale PNG/TIFF ('I' is how PIL widens it)
         values = np.asarray(image, dtype=np.float64) / 65535.0
         image = Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8), "L")
@@ -336,6 +344,9 @@ def explain_main(args: argparse.Namespace) -> int:
     except (UsageError, ValueError, FileNotFoundError) as err:
         print("caap: " + " ".join(str(err).splitlines()), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("caap: interrupted", file=sys.stderr)
+        return 130
 
 
 explain = explain_main  # the name analysis.cli calls

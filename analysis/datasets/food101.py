@@ -25,7 +25,18 @@ def load(root, split=None, *, name: str):
     base = Path(root) / "food-101"
     if not base.is_dir() and (Path(root) / "meta").is_dir():
         base = Path(root)
-    meta = json.loads(require_file(base / "meta" / f"{split}.json", name, LAYOUT).read_text())
+    meta_path = require_file(base / "meta" / f"{split}.json", name, LAYOUT)
+    expected = 'a JSON object {"<class>": ["<class>/<id>", ...], ...}'
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{name}: {meta_path} is not JSON ({err}); expected {expected}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{name}: {meta_path} holds a JSON {type(meta).__name__}; expected {expected}")
+    for cls, entries in meta.items():
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise ValueError(f"{name}: {meta_path}: class {cls!r} maps to {type(entries).__name__} "
+                             f"{str(entries)[:60]}; expected {expected}")
     classes = sorted(meta)
     samples = []
     for label, cls in enumerate(classes):

@@ -26,6 +26,9 @@ def _from_parquet(root: Path, shards: list[Path]) -> list[Sample]:
         table = pq.read_table(shard, columns=["image", "label"]).to_pylist()
         for k, row in enumerate(table):
             labels = row["label"] if isinstance(row["label"], list) else [row["label"]]
+            if not labels or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1000 for v in labels):
+                raise ValueError(f"{shard} row {k}: label {row['label']!r} is not a list of ImageNet-1k class "
+                                 f"indices 0..999")
             target = out_dir / f"{shard.stem}_{k:06d}.png"
             if not target.is_file():
                 out_dir.mkdir(exist_ok=True)

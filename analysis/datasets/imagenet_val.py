@@ -17,6 +17,27 @@ from analysis.datasets._common import images_in, imagenet_wnids, require_dir
 LAYOUT = "ROOT/[val/]<wnid>/*.JPEG, or ROOT/[val/]*.JPEG with ROOT/LOC_val_solution.csv"
 
 
+def _solution_labels(path: Path, index: dict[str, int], name: str) -> dict[str, int]:
+    """``ImageId`` -> ImageNet-1k index of the first wnid of ``PredictionString`` (Kaggle's LOC_val_solution)."""
+    labels = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("ImageId", "PredictionString") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{name}: {path} lacks column(s) {', '.join(missing)}; it has "
+                             f"{', '.join(reader.fieldnames or []) or 'none'}")
+        for row in reader:
+            where = f"{name}: {path} line {reader.line_num}"
+            tokens = (row["PredictionString"] or "").split()
+            if not tokens:
+                raise ValueError(f"{where}: empty PredictionString; expected '<wnid> x0 y0 x1 y1 ...'")
+            if tokens[0] not in index:
+                raise ValueError(f"{where}: {tokens[0]!r} is not an ImageNet-1k wnid (expected e.g. 'n01440764', "
+                                 f"one of the 1000 ILSVRC2012 classes)")
+            labels[row["ImageId"]] = index[tokens[0]]
+    return labels
+
+
 def load(root, split=None, *, name: str):
     from analysis.datasets import Dataset
 
@@ -31,12 +52,11 @@ def load(root, split=None, *, name: str):
         for folder in folders:
             samples += [Sample(p, None, index[folder.name], p.stem) for p in images_in(folder)]
     elif (root / "LOC_val_solution.csv").is_file():
-        with open(root / "LOC_val_solution.csv", newline="") as f:
-            labels = {row["ImageId"]: row["PredictionString"].split()[0] for row in csv.DictReader(f)}
+        labels = _solution_labels(root / "LOC_val_solution.csv", index, name)
         for p in images_in(base):
             if p.stem not in labels:
                 raise ValueError(f"{name}: {p.name} has no row in LOC_val_solution.csv")
-            samples.append(Sample(p, None, index[labels[p.stem]], p.stem))
+            samples.append(Sample(p, None, labels[p.stem], p.stem))
     if not samples:
         raise FileNotFoundError(f"{name}: no labelled images under {root}; expected layout: {LAYOUT}")
     return Dataset(name, samples, 1000, False, "validation")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis.data import Sample
+from analysis.data import Sample, parse_label
 from analysis.datasets._common import require_file
 
 LAYOUT = ("ROOT/oxford-iiit-pet/{images/*.jpg, annotations/test.txt, annotations/trimaps/*.png} "
@@ -29,12 +29,19 @@ def load(root, split=None, *, name: str):
         base = Path(root)
     listing = require_file(base / "annotations" / f"{split}.txt", name, LAYOUT)
     samples, names = [], {}
-    for line in listing.read_text().splitlines():
+    for number, line in enumerate(listing.read_text().splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
-        image_id, label, *_ = line.split()
+        where = f"{name}: {listing} line {number}"
+        fields = line.split()
+        if len(fields) < 2:
+            raise ValueError(f"{where}: {line.strip()!r} has no class; expected '<image id> <class 1..37> ...'")
+        image_id = fields[0]
+        cls = parse_label(fields[1], where)
+        if not 1 <= cls <= 37:
+            raise ValueError(f"{where}: class {cls} is outside 1..37 (the list's classes are 1-based)")
         image = require_file(base / "images" / f"{image_id}.jpg", name, LAYOUT)
         trimap = require_file(base / "annotations" / "trimaps" / f"{image_id}.png", name, LAYOUT)
-        names[int(label) - 1] = " ".join(image_id.split("_")[:-1])
-        samples.append(Sample(image, trimap, int(label) - 1, image_id, mask_format="trimap"))
+        names[cls - 1] = " ".join(image_id.split("_")[:-1])
+        samples.append(Sample(image, trimap, cls - 1, image_id, mask_format="trimap"))
     return Dataset(name, samples, 37, True, split, [names.get(i, str(i)) for i in range(37)])
