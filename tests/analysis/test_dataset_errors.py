@@ -247,3 +247,17 @@ def test_bench_on_masks_in_another_encoding_exits_2_in_one_line(tmp_path, checkp
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [f"caap: mask '{tmp_path / '01.png'}' has no object pixel: values found [0, 1] (L); "
                                  f"expected a binary mask with the object > 127 (e.g. 0 background, 255 object)"]
+
+
+@pytest.mark.parametrize("labels", [[-1], [3, 1000], []])
+def test_imagenet_hard_parquet_labels_must_be_imagenet_indices(tmp_path, labels):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    import io
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    table = pa.table({"image": [{"bytes": buf.getvalue(), "path": "x.png"}] * 2, "label": [[5], labels]})
+    shard = tmp_path / "validation-00000-of-00001.parquet"
+    pq.write_table(table, shard)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(shard))} row 1: label {re.escape(str(labels))} is not a "
+                                         rf"list of ImageNet-1k class indices 0..999"):
+        get_dataset("imagenet-hard", tmp_path)
