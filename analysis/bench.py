@@ -21,8 +21,11 @@ from analysis import distributed
 log = logging.getLogger(__name__)
 
 RESULT_GLOB = "results*.jsonl"
-# settings whose change alters the numbers: checked against run.json before resuming
-CHECKED = ("model", "weights", "dataset", "split", "n", "seed", "protocol", "amp", "device_type")
+# settings whose change alters the numbers: checked against run.json before resuming. Files are identified by
+# content (analysis.provenance), so another --root with the same file names, or a checkpoint rewritten in place,
+# is another run; each method's own settings (method_settings) are checked per method.
+CHECKED = ("model", "weights_sha256", "dataset", "split", "n", "seed", "protocol", "amp", "device_type",
+           "dataset_fingerprint")
 
 
 class UserError(Exception):
@@ -92,18 +95,21 @@ def _load_model(args, device: str):
         raise
 
 
-def _settings(args, model, methods, protocol, device) -> dict:
+def _settings(args, model, methods, protocol, device, digests: dict[str, str]) -> dict:
     import timm
     import torch
 
-    weights = None
-    if args.weights is not None:
-        w = args.weights.resolve()
-        weights = {"path": str(w), "bytes": w.stat().st_size}
+    from analysis.provenance import combined_digest, weights_record
+    from caap.registry import method_settings
+
+    weights = weights_record(args.weights)
     return {
-        "model": model.cfg.model_name or args.model, "weights": weights, "dataset": args.dataset,
+        "model": model.cfg.model_name or args.model, "weights": weights,
+        "weights_sha256": weights["sha256"] if weights else None, "dataset": args.dataset,
         "split": args.split, "n": args.n, "seed": args.seed, "protocol": asdict(protocol), "amp": args.amp,
         "device_type": torch.device(device).type, "methods": methods,
+        "method_settings": {m: method_settings(m) for m in methods},
+        "dataset_fingerprint": combined_digest(digests), "samples": digests,
         "root": str(args.root.resolve()), "curves": not args.no_curves, "memory_budget_gb": args.memory_budget_gb,
         "batch_size": args.batch_size,
         "model_info": {"num_classes": model.cfg.num_classes, "image_size": list(model.cfg.image_size),
@@ -117,17 +123,33 @@ def _settings(args, model, methods, protocol, device) -> dict:
 
 def _check_out_dir(out: Path, settings: dict) -> dict:
     """The run.json to keep: refuses a directory holding another run's results; methods may be added."""
+    from analysis.provenance import read_run_json
+
     run_file = out / "run.json"
     if run_file.is_file():
-        old = json.loads(run_file.read_text())
+        old = read_run_json(run_file)
         diff = [k for k in CHECKED if old.get(k) != settings[k]]
         if diff:
-            detail = "; ".join(f"{k}: run.json {old.get(k)!r}, now {settings[k]!r}" for k in diff)
+            detail = "; ".join(f"{k}: run.json {_short(old.get(k))}, now {_short(settings[k])}" for k in diff)
             raise UserError(f"--out {out} holds another run ({detail}); use another --out or the same settings")
-        settings = {**settings, "methods": list(dict.fromkeys(old.get("methods", []) + settings["methods"]))}
+        old_methods = old.get("method_settings") or {}
+        changed = [m for m in settings["methods"] if m in old.get("methods", [])
+                   and old_methods.get(m) != settings["method_settings"][m]]
+        if changed:
+            m = changed[0]
+            raise UserError(f"--out {out}: method {m!r} was scored with other settings (run.json "
+                            f"{_short(old_methods.get(m))}, now {_short(settings['method_settings'][m])}); "
+                            f"use another --out")
+        settings = {**settings, "methods": list(dict.fromkeys(old.get("methods", []) + settings["methods"])),
+                    "method_settings": {**old_methods, **settings["method_settings"]}}
     elif any(out.glob(RESULT_GLOB)):
         raise UserError(f"--out {out} holds results but no run.json (another tool's run?); use another --out")
     return settings
+
+
+def _short(value, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + " ...}"
 
 
 def _done(out: Path, own: Path) -> set[tuple[str, str]]:
@@ -142,12 +164,15 @@ def _done(out: Path, own: Path) -> set[tuple[str, str]]:
 
 def _read_foreign(path: Path) -> list[dict]:
     """Rows of another rank's file without repairing it (that rank may still be writing)."""
+    from analysis.evaluate import check_row
+
     rows = []
-    for line in path.read_text().splitlines():
+    for i, line in enumerate(path.read_text().splitlines()):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        rows.append(check_row(row, path, i + 1))
     return rows
 
 
@@ -227,15 +252,43 @@ def _score(args, model, methods, samples, protocol, out, rank, world_size, devic
     bar.close()
 
 
+def check_out(out: Path) -> None:
+    """``--out`` must be a directory or a path where one can be made (not a file, nor under one)."""
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out {out}: {parent} is a file; --out must be a directory (it is created if "
+                                f"missing)")
+            return
+
+
+def check_numbers(args) -> None:
+    """The numeric options, checked before anything is loaded or written."""
+    import math
+
+    for flag, value, low in (("--n", args.n, 1), ("--seed", args.seed, 0), ("--n-steps", args.n_steps, 1),
+                             ("--pixels-per-step", args.pixels_per_step, 1), ("--batch-size", args.batch_size, 1)):
+        if value is not None and value < low:
+            raise UserError(f"{flag} must be an integer >= {low}; got {value}")
+    budget = args.memory_budget_gb
+    if not (math.isfinite(budget) and budget > 0):
+        raise UserError(f"--memory-budget-gb must be a finite number > 0; got {budget}")
+
+
 def run(args) -> int:
     from analysis.data import subset
     from analysis.datasets import DATASETS, get_dataset
     from analysis.evaluate import Protocol
+    from analysis.provenance import sample_digests
+    from caap.cli import check_device
 
     if args.dataset not in DATASETS:
         raise UserError(f"--dataset: unknown dataset {args.dataset!r}; available: {', '.join(DATASETS)}")
     if not args.root.exists():
         raise UserError(f"--root {args.root}: no such file or directory")
+    check_numbers(args)
+    check_out(args.out)
+    check_device(args.device)
     methods = _methods(args.methods)
     try:
         protocol = Protocol(args.target, args.only_correct, args.pixels_per_step, args.n_steps)
@@ -259,7 +312,7 @@ def run(args) -> int:
         raise UserError(f"{args.dataset} has label {max(s.label for s in samples)} but the model only "
                         f"{n_out} classes")
     out = args.out
-    settings = _settings(args, model, methods, protocol, device)
+    settings = _settings(args, model, methods, protocol, device, sample_digests(samples))
     error = None
     if rank == 0:
         try:

@@ -36,16 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     from caap import cli as caap_cli
 
     logging.basicConfig(level=logging.WARNING)
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         if args.command == "bench":
             return bench.run(args)
         if args.command == "figure":
             return _figure_cli().run(args)
         return caap_cli.explain(args)
-    except (bench.UserError, ValueError, FileNotFoundError) as err:
-        print(f"caap: {err}", file=sys.stderr)
+    except (bench.UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+        print("caap: " + " ".join(str(err).splitlines()), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's 128 + SIGINT; written rows stay resumable
+        print("caap: interrupted (rerun the same command to resume)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -49,6 +49,12 @@ class Protocol:
             raise ValueError(f"target must be one of {TARGETS}; got {self.target!r}")
         if self.pixels_per_step is not None and self.n_steps is not None:
             raise ValueError("give pixels_per_step or n_steps, not both")
+        if not isinstance(self.only_correct, bool):
+            raise ValueError(f"only_correct must be True or False; got {self.only_correct!r}")
+        for name in ("pixels_per_step", "n_steps"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1 (or None for the default); got {value!r}")
 
 
 def default_methods(model) -> dict[str, Method]:
@@ -59,6 +65,15 @@ def default_methods(model) -> dict[str, Method]:
                "SimpleInsertion": SimpleInsertion(model, progress=False),
                "SimpleDeletion": SimpleDeletion(model, progress=False), "Grad-CAM": GradCAM(model)}
     return {name: m.attribute for name, m in methods.items()}
+
+
+def check_row(row, path: Path, line: int) -> dict:
+    """A stored result row must be an object naming its ``sample`` and ``method`` (strings)."""
+    if not isinstance(row, dict) or not isinstance(row.get("sample"), str) or not isinstance(row.get("method"), str):
+        got = type(row).__name__ if not isinstance(row, dict) else f"keys {sorted(row)[:6]}"
+        raise ValueError(f"{path}: line {line} is not a result row (an object with string 'sample' and 'method'; "
+                         f"got {got}); the results file is corrupt or from another tool")
+    return row
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -74,7 +89,7 @@ def read_rows(path: Path) -> list[dict]:
             good_bytes += len(line) + (1 if i < len(lines) - 1 else 0)
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1 or all(not rest.strip() for rest in lines[i + 1:]):
                 log.warning("%s: dropping a torn last line (%d bytes) from an interrupted run", path, len(line))
@@ -82,6 +97,7 @@ def read_rows(path: Path) -> list[dict]:
                     f.truncate(good_bytes)
                 return rows
             raise ValueError(f"{path}: line {i + 1} is not JSON; the results file is corrupt") from None
+        rows.append(check_row(row, path, i + 1))
         good_bytes += len(line) + (1 if i < len(lines) - 1 else 0)
     if raw and not raw.endswith(b"\n"):
         with open(path, "ab") as f:

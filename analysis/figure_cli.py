@@ -111,20 +111,28 @@ def _methods(spec: str) -> list[str]:
     return names
 
 
-def _settings(args, model, figure: str, extra: dict) -> dict:
+def _settings(args, model, figure: str, extra: dict, samples=None) -> dict:
+    """What the figure's rows depend on; files by content (analysis.provenance), so another folder with the same
+    file names, or a checkpoint rewritten in place, is another run."""
+    from analysis.provenance import combined_digest, file_digest, sample_digests
+
     weights = str(args.weights.resolve()) if args.weights is not None else None
     return {"figure": figure, "model": model.cfg.model_name or args.model, "weights": weights,
-            "dataset": args.dataset, "root": str(args.root.resolve()), "split": args.split, "n": args.n,
+            "weights_sha256": file_digest(args.weights) if args.weights is not None else None,
+            "dataset": args.dataset, "split": args.split, "n": args.n,
+            "dataset_fingerprint": combined_digest(sample_digests(samples)) if samples is not None else None,
             "seed": args.seed, "n_steps": args.n_steps, "target": args.target, "only_correct": args.only_correct,
             **extra}
 
 
 def _check_run(out: Path, figure: str, settings: dict) -> None:
     """Refuse to append to ``out/<figure>.jsonl`` rows of another run (model, data, protocol)."""
+    from analysis.provenance import read_run_json
+
     run_file = out / f"{figure}.run.json"
     if run_file.is_file():
-        old = json.loads(run_file.read_text())
-        diff = [k for k in settings if k not in ("variants",) and old.get(k) != settings[k]]
+        old = read_run_json(run_file)
+        diff = [k for k in settings if k not in ("variants", "weights") and old.get(k) != settings[k]]
         if diff:
             detail = "; ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in diff)
             raise ValueError(f"--out {out} holds a {figure} run with other settings ({detail}); use another --out")
@@ -147,7 +155,7 @@ def _evaluate_variants(args, model, figure: str, methods: dict, extra: dict) -> 
     from analysis.evaluate import evaluate, summarize
 
     samples = _samples(args)
-    _check_run(args.out, figure, _settings(args, model, figure, extra))
+    _check_run(args.out, figure, _settings(args, model, figure, extra, samples))
     rows = evaluate(model, methods, samples, args.out / f"{figure}.jsonl", target=args.target,
                     only_correct=args.only_correct, n_steps=args.n_steps, progress=not args.no_progress)
     names = {s.name for s in samples}
@@ -272,12 +280,45 @@ def _ablation(args, model, figure: str, methods: dict, title: str) -> int:
     return 0
 
 
-def _bench_curves(results: Path, methods: list[str], names: set[str]) -> dict:
-    """Curves stored by ``caap bench`` rows (``row["curves"]``) for ``methods`` and samples in ``names``."""
-    from analysis.bench import RESULT_GLOB, _read_foreign
+def _check_bench_run(results: Path, expected: dict, digests: dict[str, str]) -> dict:
+    """The ``caap bench`` run.json of ``results``, refusing a run made with another model, checkpoint or protocol,
+    or whose images differ in content from this command's (same names, other files)."""
+    from analysis.provenance import read_run_json
 
+    run_file = results / "run.json"
+    if not run_file.is_file():
+        raise ValueError(f"--results {results} holds caap bench rows but no run.json: cannot tell what they were "
+                         f"computed with; use another --results")
+    run = read_run_json(run_file)
+    for key, want in expected.items():
+        if run.get(key) != want:
+            raise ValueError(f"--results {results}: its rows were computed with {key} {run.get(key)!r}, this command "
+                             f"asks for {want!r}; pass the same model/protocol options as the caap bench run, or "
+                             f"another --results")
+    stored = run.get("samples")
+    if not isinstance(stored, dict):
+        raise ValueError(f"--results {results}: run.json has no image digests (an older caap bench); rerun caap "
+                         f"bench into a new --out")
+    other = [n for n in digests if n in stored and stored[n] != digests[n]]
+    if other:
+        raise ValueError(f"--results {results}: image {other[0]!r} (and {len(other) - 1} more) differs from the one "
+                         f"the rows were computed on (another --root?); use the same dataset or another --results")
+    return run
+
+
+def _bench_curves(results: Path, methods: list[str], samples, expected: dict) -> dict:
+    """Curves stored by ``caap bench`` rows (``row["curves"]``) for ``methods`` and ``samples``, from a run whose
+    settings equal ``expected`` (see :func:`_check_bench_run`)."""
+    from analysis.bench import RESULT_GLOB, _read_foreign
+    from analysis.provenance import sample_digests
+
+    paths = sorted(results.glob(RESULT_GLOB))
+    if not paths:
+        return {}
+    _check_bench_run(results, expected, sample_digests(samples))
+    names = {s.name for s in samples}
     found: dict[str, dict[str, dict]] = {}
-    for path in sorted(results.glob(RESULT_GLOB)):
+    for path in paths:
         for r in _read_foreign(path):
             if r.get("method") in methods and r.get("sample") in names and r.get("curves"):
                 found.setdefault(r["method"], {}).setdefault(r["sample"], r["curves"])
@@ -291,13 +332,19 @@ def _curves(args, model) -> int:
     from analysis.figures import plot_curves
     from caap import get_method
 
+    from analysis.provenance import file_digest
+
     methods = _methods(args.methods)
     samples = _samples(args)
     names = {s.name for s in samples}
-    reused = _bench_curves(args.results or args.out, methods, names)
+    expected = {"model": model.cfg.model_name or args.model,
+                "weights_sha256": file_digest(args.weights) if args.weights is not None else None,
+                "dataset": args.dataset, "protocol": {"target": args.target, "only_correct": args.only_correct,
+                                                      "pixels_per_step": None, "n_steps": args.n_steps}}
+    reused = _bench_curves(args.results or args.out, methods, samples, expected)
     missing = [m for m in methods if m not in reused]
     if missing:
-        _check_run(args.out, "curves", _settings(args, model, "curves", {}))
+        _check_run(args.out, "curves", _settings(args, model, "curves", {}, samples))
         built = {m: get_method(m, model).attribute for m in missing}
         rows = evaluate(model, built, samples, args.out / "curves.jsonl", target=args.target,
                         only_correct=args.only_correct, n_steps=args.n_steps, curves=True,
@@ -370,8 +417,15 @@ def run(args) -> int:
     matplotlib.use("Agg")
     if args.figure not in FIGURES:
         raise ValueError(f"figure must be one of {FIGURES}; got {args.figure!r}")
-    if args.n is not None and args.n < 1:
-        raise ValueError(f"--n must be >= 1; got {args.n}")
+    from analysis.bench import check_out
+
+    for flag, value, low in (("--n", args.n, 1), ("--seed", args.seed, 0), ("--n-steps", args.n_steps, 1),
+                             ("--batch-size", getattr(args, "batch_size", None), 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{flag} must be an integer >= {low}; got {value}")
+    check_out(args.out)
+    if getattr(args, "results", None) is not None and not args.results.is_dir():
+        raise ValueError(f"--results {args.results}: not a directory (a `caap bench --out` folder)")
     if args.figure in ("curves", "gallery"):
         _methods(args.methods)  # fail before loading the model
     model = _load_model(args)

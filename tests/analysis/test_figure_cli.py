@@ -97,6 +97,15 @@ def test_curves_reuse_bench_rows_and_gallery(setup, tmp_path):
     with open(bench / "results.jsonl", "w") as f:
         for s in ("im0", "im1"):
             f.write(json.dumps({"sample": s, "method": "caap", "curves": stored}) + "\n")
+    # what caap bench records beside its rows; caap figure checks it before reusing them
+    from analysis.datasets import get_dataset
+    from analysis.provenance import file_digest, sample_digests
+
+    samples = get_dataset("manifest", setup / "manifest.csv", "single").samples
+    (bench / "run.json").write_text(json.dumps({
+        "model": FAMILIES["dinov2"][0], "weights_sha256": file_digest(setup / "tiny.safetensors"),
+        "dataset": "manifest", "samples": sample_digests(samples),
+        "protocol": {"target": "predicted", "only_correct": False, "pixels_per_step": None, "n_steps": 2}}))
     opts = common(setup, tmp_path / "out", "--n-steps", "2", "--split", "single", "--methods", "caap,grad-cam",
                   "--results", str(bench))
     assert run(["curves", *opts]) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from os import PathLike
 from pathlib import Path
 
@@ -37,6 +38,11 @@ def read_state_dict(path: str | PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"checkpoint_path must end in .safetensors, .pth, .pt, .bin or .ckpt; got {path.name!r}")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refused an object that is not a tensor container
+        found = [line.strip() for line in str(err).splitlines() if "unsupported global" in line.lower()]
+        raise ValueError(f"refused checkpoint {str(path)!r}: it holds Python objects other than tensors, which "
+                         f"torch.load(weights_only=True) does not execute ({(found or ['not a plain state dict'])[0]}"
+                         f"); save a state dict (safetensors preferred)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise ValueError(f"cannot read checkpoint {str(path)!r} with torch.load(weights_only=True) (truncated "
