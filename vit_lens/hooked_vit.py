@@ -96,6 +96,15 @@ class HookedViT(TransformerLensWeights, HookedRootModule):
 
         return hooked_vit_from_checkpoint(cls, path, model_name=model_name, **kwargs)
 
+    @classmethod
+    def from_open_clip(cls, model_or_name: nn.Module | str, **kwargs: Any) -> "HookedViT":
+        """Port an open_clip image tower (a CLIP / CustomTextCLIP, its ``.visual``, or a name with
+        ``pretrained=`` tag, path or None): the output is ``encode_image(x)``, the transform open_clip's
+        eval transform. Options: see :func:`vit_lens.loading.open_clip.hooked_vit_from_open_clip`."""
+        from vit_lens.loading import hooked_vit_from_open_clip
+
+        return hooked_vit_from_open_clip(cls, model_or_name, **kwargs)
+
     # ------------------------------------------------------------------ preprocessing
     @cached_property
     def transform(self) -> Callable:
