@@ -97,6 +97,16 @@ class HookedViT(TransformerLensWeights, HookedRootModule):
         return hooked_vit_from_checkpoint(cls, path, model_name=model_name, **kwargs)
 
     @classmethod
+    def from_hf(cls, model_or_name_or_path: nn.Module | str | PathLike, **kwargs: Any) -> "HookedViT":
+        """Port a HuggingFace ``transformers`` ViT / DeiT / DINOv2(-registers) / CLIP vision model: an
+        instantiated model, a hub name, or a directory written by ``save_pretrained`` (offline). The saved
+        image processor becomes ``model.transform``. Options (``image_processor``, ``image_size``, ``device``,
+        ``dtype``, ``from_pretrained`` kwargs) and the output of each class: :mod:`vit_lens.loading.hf`."""
+        from vit_lens.loading import hooked_vit_from_hf
+
+        return hooked_vit_from_hf(cls, model_or_name_or_path, **kwargs)
+
+    @classmethod
     def from_open_clip(cls, model_or_name: nn.Module | str, **kwargs: Any) -> "HookedViT":
         """Port an open_clip image tower (a CLIP / CustomTextCLIP, its ``.visual``, or a name with
         ``pretrained=`` tag, path or None): the output is ``encode_image(x)``, the transform open_clip's
