@@ -88,12 +88,15 @@ def test_summary_se_and_tables():
 
 def test_read_rows_refuses_corruption_in_the_middle(tmp_path):
     p = tmp_path / "r.jsonl"
-    p.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+    row = '{"sample": "a", "method": "m"}'
+    p.write_text(f'{row}\nnot json\n{row}\n')
     with pytest.raises(ValueError, match="line 2"):
         read_rows(p)
-    p.write_text('{"a": 1}')  # no trailing newline: kept, and a newline added for the next append
-    assert read_rows(p) == [{"a": 1}] and p.read_text() == '{"a": 1}\n'
-    assert json.loads(p.read_text()) == {"a": 1}
+    p.write_text(row)  # no trailing newline: kept, and a newline added for the next append
+    assert read_rows(p) == [json.loads(row)] and p.read_text() == row + "\n"
+    p.write_text(f'{row}\n{{"a": 1}}\n')  # JSON but not a row (another tool's file)
+    with pytest.raises(ValueError, match="line 2 is not a result row"):
+        read_rows(p)
 
 
 def test_maps_of_one_image_scored_together_equal_one_by_one(samples):
