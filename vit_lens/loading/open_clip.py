@@ -321,6 +321,12 @@ def apply_open_clip_preprocess(cfg: ViTConfig, tower: nn.Module) -> None:
 # ---------------------------------------------------------------------------------------- entry point
 def hooked_vit_from_open_clip(cls, model_or_name, *, pretrained=_REQUIRED, device=None, dtype=None,
                               **open_clip_kwargs):
+    """``model_or_name``: an open_clip CLIP / CustomTextCLIP, its ``.visual``, or a model name (built-in,
+    ``hf-hub:``, ``local-dir:``) created with ``open_clip.create_model_and_transforms(name, pretrained,
+    **open_clip_kwargs)``; a built-in name needs ``pretrained=`` (tag, checkpoint path, or None for random
+    weights). The port's output is ``encode_image(x)`` (``normalize=False``) ``[batch, embed_dim]``, or the
+    pooled ``[batch, width]`` features of a tower without ``proj``; eval behaviour (no patch dropout).
+    Cost: one copy of the tower's weights."""
     if isinstance(model_or_name, str):
         model = create_open_clip_model(model_or_name, pretrained=pretrained, **open_clip_kwargs)
     else:
