@@ -261,3 +261,19 @@ def test_imagenet_hard_parquet_labels_must_be_imagenet_indices(tmp_path, labels)
     with pytest.raises(ValueError, match=rf"{re.escape(str(shard))} row 1: label {re.escape(str(labels))} is not a "
                                          rf"list of ImageNet-1k class indices 0..999"):
         get_dataset("imagenet-hard", tmp_path)
+
+
+def test_sixteen_bit_dataset_images_are_scaled_not_clipped(tmp_path):
+    """A 16-bit greyscale image in a dataset reaches the model scaled by 65535 (PIL's convert('RGB') clips every
+    value above 255 to white); 32-bit integer pixels beyond 16 bits are refused naming the file."""
+    from analysis.data import open_image, to_rgb
+
+    ramp = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    rgb = np.asarray(to_rgb(open_image(tmp_path / "g16.png"), tmp_path / "g16.png"))
+    expected = np.round(ramp / 65535.0 * 255).astype(np.uint8)
+    assert rgb.shape == (64, 64, 3) and (rgb[..., 0] == expected).all() and (rgb[..., 2] == expected).all()
+    assert len(np.unique(rgb)) > 200  # not clipped to white
+    wide = Image.fromarray(np.full((8, 8), 255000, np.int32), "I")
+    with pytest.raises(ValueError, match=r"i32\.tif.*32-bit integer pixels \(values 255000\.\.255000\)"):
+        to_rgb(wide, tmp_path / "i32.tif")
