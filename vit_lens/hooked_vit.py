@@ -10,27 +10,16 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 
-from vit_lens.cache import ViTActivationCache
 from vit_lens.components import LayerNorm, PatchEmbed, PosEmbed, TransformerBlock
 from vit_lens.components.hooks_util import HookPoint
 from vit_lens.components.layer_norm import PooledFinalNorm
 from vit_lens.config import ViTConfig
+from vit_lens.tl_compat import TransformerLensCompat
 from vit_lens.tokens import TokenLayout
-from vit_lens.validation import check_finite
+from vit_lens.validation import check_finite, check_int
 from vit_lens.weights import TransformerLensWeights
 
-# hook-name suffix inside ``blocks.{l}.`` -> the cfg flag that makes it fire (off by default, as in TL)
-GATED_HOOKS = {
-    "attn.hook_result": "use_attn_result",
-    "hook_attn_in": "use_attn_in",
-    "hook_q_input": "use_split_qkv_input",
-    "hook_k_input": "use_split_qkv_input",
-    "hook_v_input": "use_split_qkv_input",
-    "hook_mlp_in": "use_hook_mlp_in",
-}
-
-
-class HookedViT(TransformerLensWeights, HookedRootModule):
+class HookedViT(TransformerLensCompat, TransformerLensWeights, HookedRootModule):
     """A hookable, logit-exact port of timm's ``VisionTransformer``.
 
     Hook names follow TransformerLens (``blocks.{l}.hook_resid_pre``, ``blocks.{l}.attn.hook_pattern``,
@@ -132,7 +121,9 @@ class HookedViT(TransformerLensWeights, HookedRootModule):
                             f"{cfg.image_size[0]}, {cfg.image_size[1]}]; got {type(images).__name__}")
         if images.ndim != 4:
             raise ValueError(f"{name} must have rank 4 [batch, chan, height, width]; got shape "
-                             f"{tuple(images.shape)}. Add a batch dimension with images[None].")
+                             f"{tuple(images.shape)}. Add a batch dimension with images[None] (or pass pixel tokens [batch, "
+                             f"{cfg.in_chans * cfg.patch_size[0] * cfg.patch_size[1]}, {cfg.n_tokens}], "
+                             f"model.to_tokens(images)).")
         if not images.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor (normalized pixels); got dtype "
                             f"{images.dtype}. Use model.transform or convert with .float().")
@@ -205,10 +196,17 @@ class HookedViT(TransformerLensWeights, HookedRootModule):
         return self.head(pooled) if self.head is not None else pooled
 
     def forward_from_resid(self, resid: Float[Tensor, "batch pos d_model"], start_layer: int = 0) -> Float[Tensor, "batch out"]:
-        """Resume the forward pass from ``blocks.{start_layer}.hook_resid_pre`` (all hooks fire)."""
-        if not 0 <= start_layer <= self.cfg.n_layers:
+        """Resume the forward pass from ``blocks.{start_layer}.hook_resid_pre`` (all hooks fire). Any number
+        of positions is accepted (token dropping), as long as CLS/registers come first."""
+        check_int(start_layer, "start_layer", minimum=0)
+        if start_layer > self.cfg.n_layers:
             raise ValueError(f"start_layer must be in [0, {self.cfg.n_layers}]; got {start_layer}")
         cfg = self.cfg
+        allowed = f"a [batch, pos, d_model={cfg.d_model}] tensor (the residual stream)"
+        if not isinstance(resid, Tensor):
+            raise TypeError(f"resid must be {allowed}; got {type(resid).__name__}")
+        if resid.ndim != 3 or resid.shape[-1] != cfg.d_model:
+            raise ValueError(f"resid must be {allowed}; got shape {tuple(resid.shape)}")
         first_kept = cfg.n_layers - cfg.head_n_last_blocks if cfg.pooling == "cls_mean" else cfg.n_layers
         if start_layer > first_kept:
             raise ValueError(f"start_layer={start_layer}: the DINOv2 linear head reads the CLS token after block "
@@ -220,9 +218,20 @@ class HookedViT(TransformerLensWeights, HookedRootModule):
                 earlier_cls.append(self.ln_final.normalize_unhooked(resid[:, 0]))
         return self.forward_head(self.final_norm(resid), tuple(earlier_cls))
 
-    def forward(self, images: Float[Tensor, "batch chan height width"]) -> Float[Tensor, "batch out"]:
-        """Logits ``[batch, num_classes]`` (pooled features ``[batch, d_pooled]`` for a headless model)."""
-        return self.forward_from_resid(self.embed(images), 0)
+    def forward(self, images: Float[Tensor, "batch chan height width"] | Float[Tensor, "batch d_patch n_tokens"], *,
+                stop_at_layer: int | None = None, return_type: str | None = "logits", labels: Tensor | None = None):
+        """Logits ``[batch, num_classes]`` (pooled features ``[batch, d_pooled]`` for a headless model).
+
+        ``images`` may also be pixel tokens (:meth:`to_tokens`). TransformerLens's options: ``stop_at_layer=l``
+        runs blocks ``[0, l)`` only (negative counts from the end) and returns the residual stream
+        ``[batch, n_tokens, d_model]`` (``blocks.{l}.hook_resid_pre``'s value, not fired); ``return_type``
+        ``"logits"``, ``"loss"`` (mean cross-entropy against ``labels`` ``[batch]``), ``"both"`` or None."""
+        resid = self.embed(self.as_images(images))
+        if stop_at_layer is not None:
+            for block in self.blocks[:self._check_stop_at_layer(stop_at_layer)]:
+                resid = block(resid)
+            return resid
+        return self._apply_return_type(self.forward_from_resid(resid, 0), return_type, labels)
 
     def set_cls_mean_head(self, weight: Float[Tensor, "n_classes d_pooled"], bias: Float[Tensor, "n_classes"],
                           n_last_blocks: int = 1) -> None:
@@ -245,109 +254,3 @@ class HookedViT(TransformerLensWeights, HookedRootModule):
             head.bias.copy_(bias)
         cfg.pooling, cfg.head_n_last_blocks, cfg.num_classes = "cls_mean", n_last_blocks, weight.shape[0]
         self.head = head
-
-    # ------------------------------------------------------------------ hooks
-    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:
-        self._check_hook_names([name])
-        return super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
-
-    def _check_hook_names(self, names) -> None:
-        """Raise for any string name that is not a hook point, or whose ``cfg`` flag is off (callable
-        filters pass through)."""
-        for name in names:
-            if not isinstance(name, str):
-                continue
-            if name not in self.hook_dict:
-                self._raise_unknown_hook(name)
-            flag = self._inactive_flag(name)
-            if flag is not None:
-                raise ValueError(
-                    f"hook {name!r} only fires when model.cfg.{flag} is True (off by default, as in "
-                    f"TransformerLens, to keep the forward pass fast); enable it with model.set_{flag}(True)")
-
-    def _inactive_flag(self, name: str) -> str | None:
-        """The off ``cfg`` flag gating hook ``name``, or None when the hook fires."""
-        parts = name.split(".", 2)
-        if len(parts) < 3 or parts[0] != "blocks":
-            return None
-        flag = GATED_HOOKS.get(parts[2])
-        return flag if flag is not None and not getattr(self.cfg, flag) else None
-
-    def _check_hook_list(self, hook_list) -> None:
-        self._check_hook_names(name for name, _ in hook_list or ())
-
-    def run_with_hooks(self, *model_args: Any, fwd_hooks=(), bwd_hooks=(), **kwargs: Any):
-        self._check_hook_list(fwd_hooks)
-        self._check_hook_list(bwd_hooks)
-        return super().run_with_hooks(*model_args, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **kwargs)
-
-    def hooks(self, fwd_hooks=(), bwd_hooks=(), *args: Any, **kwargs: Any):
-        self._check_hook_list(fwd_hooks)
-        self._check_hook_list(bwd_hooks)
-        return super().hooks(list(fwd_hooks), list(bwd_hooks), *args, **kwargs)
-
-    def _raise_unknown_hook(self, name: str) -> None:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(self.hook_dict), n=3, cutoff=0.5)
-        hint = f" Did you mean {close}?" if close else ""
-        raise ValueError(f"Unknown hook name {name!r}; this model has {len(self.hook_dict)} hook points "
-                         f"(see model.hook_dict), e.g. 'blocks.0.hook_resid_pre'.{hint}")
-
-    def run_with_cache(self, *model_args: Any, **kwargs: Any) -> tuple[Tensor, ViTActivationCache]:
-        """Run the model and return ``(output, ActivationCache)``; ``names_filter`` selects hook names.
-        Without a filter (or with a callable one) hooks whose ``cfg`` flag is off are left out."""
-        names_filter = kwargs.get("names_filter")
-        names = [names_filter] if isinstance(names_filter, str) else names_filter
-        if isinstance(names, (list, tuple)):
-            self._check_hook_names(names)
-        else:
-            keep = names if callable(names) else (lambda name: True)
-            kwargs["names_filter"] = lambda name: keep(name) and self._inactive_flag(name) is None
-        out, cache_dict = super().run_with_cache(*model_args, **kwargs)
-        return out, ViTActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
-
-    # ------------------------------------------------------------------ TransformerLens switches
-    def set_use_attn_explicit(self, explicit: bool = True) -> None:
-        """Force the explicit softmax attention path everywhere (the fast SDPA path is the default)."""
-        for block in self.blocks:
-            block.attn.force_explicit = explicit
-
-    def set_use_attn_result(self, use_attn_result: bool) -> None:
-        """Compute each head's output ``blocks.{l}.attn.hook_result`` ``[batch, pos, head, d_model]``
-        (LayerScale included); costs that tensor per layer."""
-        self._set_flag("use_attn_result", use_attn_result)
-
-    def set_use_attn_in(self, use_attn_in: bool) -> None:
-        """Give each head its own copy of the residual stream, ``blocks.{l}.hook_attn_in``."""
-        self._set_flag("use_attn_in", use_attn_in)
-
-    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
-        """Separate per-head query/key/value inputs ``blocks.{l}.hook_q_input/k_input/v_input``."""
-        self._set_flag("use_split_qkv_input", use_split_qkv_input)
-
-    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
-        """Expose the MLP input (before ``ln2``) as ``blocks.{l}.hook_mlp_in``."""
-        self._set_flag("use_hook_mlp_in", use_hook_mlp_in)
-
-    def _set_flag(self, flag: str, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f"{flag} must be a bool; got {value!r}")
-        if not value:  # a hook left on a point that stops firing would be silently ignored
-            hooked = [name for name, point in self.hook_dict.items()
-                      if (point._forward_hooks or point._backward_hooks) and name.split(".", 2)[-1] in GATED_HOOKS
-                      and GATED_HOOKS[name.split(".", 2)[-1]] == flag]
-            if hooked:
-                raise ValueError(f"cannot turn {flag} off while hooks are attached to {hooked[:3]}, which would "
-                                 f"stop firing; remove them first (model.reset_hooks(including_permanent=True))")
-        setattr(self.cfg, flag, value)
-
-    def _sync_cfg_device(self) -> None:
-        weight = self.patch_embed.proj.weight
-        self.cfg.device, self.cfg.dtype = weight.device, weight.dtype
-
-    def _apply(self, fn, *args: Any, **kwargs: Any):
-        """Keep ``cfg.device``/``cfg.dtype`` (read by TL's patching and cache code) on ``to``/``cuda``/..."""
-        out = super()._apply(fn, *args, **kwargs)
-        self._sync_cfg_device()
-        return out
