@@ -150,13 +150,16 @@ def load_hf_model(name_or_path: str | PathLike, **hf_kwargs: Any) -> nn.Module:
     return model_cls.from_pretrained(source, **hf_kwargs)
 
 
-def load_hf_processor(name_or_path: str | PathLike, **hf_kwargs: Any) -> Any | None:
-    """The image processor saved with the model, or None when there is none."""
+def load_hf_processor(name_or_path: str | PathLike, required: bool = False, **hf_kwargs: Any) -> Any | None:
+    """The image processor saved with the model, or None when there is none (an error if ``required``)."""
     from transformers import AutoImageProcessor
 
     try:
         return AutoImageProcessor.from_pretrained(str(name_or_path), **hf_kwargs)
     except (OSError, ValueError) as err:
+        if required:
+            raise ValueError(f"image_processor: no image processor could be loaded from {str(name_or_path)!r}: "
+                             f"{err}") from err
         logger.warning("no image processor found for %r (%s): model.transform uses HookedViT's default "
                        "ImageNet preprocessing", str(name_or_path), type(err).__name__)
         return None
@@ -173,7 +176,19 @@ def _class_names(layout: HFLayout, cfg: ViTConfig) -> list[str] | None:
 def hooked_vit_from_hf(cls, model_or_name_or_path, *, image_processor: Any = "auto",
                        image_size: int | tuple[int, int] | None = None, device=None, dtype=None,
                        **hf_kwargs: Any):
-    """See :meth:`vit_lens.HookedViT.from_hf`."""
+    """Port ``model_or_name_or_path`` (a supported transformers model, a hub name, or a ``save_pretrained``
+    directory, loaded with ``from_pretrained(**hf_kwargs)``) into ``cls`` (HookedViT).
+
+    ``image_processor``: ``"auto"`` (the processor saved with a name/directory; none for an instantiated
+    model), a processor object, a name/directory to load one from, or None (HookedViT's default ImageNet
+    preprocessing). It sets ``cfg.mean/std/interpolation/crop_pct/crop_mode`` and the default ``image_size``.
+    ``image_size``: the fixed input size (default: the processor's output size, else the config's
+    ``image_size``; DINOv2 checkpoints are configured at 518 px but usually run at the processor's 224 px).
+    At a size other than the config's, ``W_pos`` is HF's ``interpolate_pos_encoding`` output, so the port
+    equals HF's forward at that size (ViT/DeiT/CLIP: with ``interpolate_pos_encoding=True``).
+    ``device``/``dtype``: where the HookedViT lives (default: the HF model's). ``cfg.model_name`` is
+    ``"hf:<name, path or config._name_or_path>"``; ``cfg.class_names`` come from ``config.id2label``.
+    """
     if isinstance(model_or_name_or_path, (str, PathLike)):
         source = str(model_or_name_or_path)
         hf_model = load_hf_model(source, **hf_kwargs)
@@ -193,6 +208,8 @@ def hooked_vit_from_hf(cls, model_or_name_or_path, *, image_processor: Any = "au
     else:
         raise TypeError(f"model_or_name_or_path must be a transformers model, a hub name or a directory written "
                         f"by save_pretrained; got {type(model_or_name_or_path).__name__}")
+    if isinstance(image_processor, PathLike) or isinstance(image_processor, str) and image_processor != "auto":
+        image_processor = load_hf_processor(image_processor, required=True)
     layout = hf_layout(hf_model)
     name = name or getattr(hf_model.config, "_name_or_path", "") or type(hf_model).__name__
     prep = preprocessing_from_processor(image_processor, layout.patch_conv.in_channels) if image_processor else {}

@@ -107,7 +107,8 @@ def test_hidden_states_match_per_layer(family, dtype):
         states = hf(x, output_hidden_states=True).hidden_states
         _, cache = model.run_with_cache(x)
     assert len(states) == model.cfg.n_layers + 1
-    ours = [cache["blocks.0.hook_resid_pre"]] + [cache[f"blocks.{l}.hook_resid_post"] for l in range(model.cfg.n_layers)]
+    ours = [cache["blocks.0.hook_resid_pre"]]
+    ours += [cache[f"blocks.{layer}.hook_resid_post"] for layer in range(model.cfg.n_layers)]
     for layer, (got, expected) in enumerate(zip(ours, states)):
         scale = expected.abs().max()
         assert ((got - expected).abs().max() / scale).item() <= REL_TOL, f"hidden_states[{layer}]"
@@ -212,7 +213,8 @@ def test_save_pretrained_directory_loads_offline(tmp_path, monkeypatch):
 def test_clip_model_directory_loads_vision_tower(tmp_path, monkeypatch):
     hf = build("clip_model")
     hf.save_pretrained(tmp_path)
-    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor.save_pretrained(tmp_path)
     offline(monkeypatch)
     model = HookedViT.from_hf(tmp_path)
     assert model.cfg.interpolation == "bicubic" and model.cfg.crop_mode == "center" and model.cfg.crop_pct == 1.0
@@ -234,7 +236,8 @@ def processors():
     return {
         "ViT": (T.ViTImageProcessor, dict(size={"height": 64, "width": 48})),
         "DeiT": (T.DeiTImageProcessor, dict(size={"height": 73, "width": 73}, crop_size={"height": 64, "width": 64})),
-        "Bit": (T.BitImageProcessor, dict(size={"shortest_edge": 73}, crop_size={"height": 64, "width": 64}, **imagenet)),
+        "Bit": (T.BitImageProcessor, dict(size={"shortest_edge": 73}, crop_size={"height": 64, "width": 64},
+                                          **imagenet)),
         "CLIP": (T.CLIPImageProcessor, dict(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})),
     }
 
@@ -307,3 +310,15 @@ def test_vit_model_pooler_is_not_ported_and_says_so(caplog):
         out = hf(x)
         assert_close(model(x), out.last_hidden_state[:, 0])
         assert (model(x) - out.pooler_output).abs().max() > 1e-2
+
+
+def test_image_processor_from_a_directory(tmp_path, monkeypatch):
+    transformers.BitImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32},
+                                   image_mean=[0.485, 0.456, 0.406]).save_pretrained(tmp_path)
+    offline(monkeypatch)
+    hf = build("dinov2")
+    model = HookedViT.from_hf(hf, image_processor=tmp_path)
+    assert model.cfg.crop_mode == "center" and model.cfg.mean[0] == 0.485 and model.cfg.image_size == (32, 32)
+    assert model.transform(random_pil()).shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="image_processor: no image processor could be loaded"):
+        HookedViT.from_hf(hf, image_processor=str(tmp_path / "missing"))
