@@ -25,6 +25,7 @@ from sklearn.metrics import average_precision_score
 from torch import Tensor
 
 from caap.masking import DEFAULT_MEMORY_BUDGET_GB, iter_batched_outputs
+from caap.targets import class_targets
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +138,11 @@ def curves_for(model, images: Float[Tensor, "batch chan H W"], attributions: Flo
         raise ValueError(f"attributions must be [batch={b}, h, w]; got attributions batch "
                          f"{attributions.shape[0] if attributions.ndim else '?'} with shape {tuple(attributions.shape)}")
     check_finite(attributions, "attributions")
-    target = torch.as_tensor(target).reshape(-1).expand(b) if torch.as_tensor(target).numel() == 1 \
-        else torch.as_tensor(target).reshape(-1)
+    if target is None:
+        raise ValueError("target must be an int class index or one per image (the class whose probability the "
+                         "curve follows); got None")
     n_classes = getattr(getattr(model, "cfg", None), "num_classes", None)
-    if target.shape[0] != b:
-        raise ValueError(f"target must hold one class per image ({b}); got {target.shape[0]}")
-    if n_classes and ((target < 0) | (target >= n_classes)).any():
-        raise ValueError(f"target must be in [0, {n_classes}); got {target.tolist()}")
+    target = class_targets(target, b, n_classes or None)  # ints only: 2.9 or True are refused, not truncated
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     images = images.to(device, dtype)
@@ -193,6 +192,18 @@ def auc(curves: Float[Tensor, "batch points"]) -> Float[Tensor, "batch"]:
 
 
 def _check_mask(attribution: Tensor, mask: Tensor, ignore: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+    """One image: a ``[h, w]`` map and ``[H, W]`` masks (a batch dimension would be read as rows)."""
+    for name, value in (("attribution", attribution), ("mask", mask), ("ignore", ignore)):
+        if value is None and name == "ignore":
+            continue
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor [{'h, w' if name == 'attribution' else 'H, W'}]; got "
+                            f"{type(value).__name__}")
+        if value.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D [{'h, w' if name == 'attribution' else 'H, W'}] tensor for one "
+                             f"image; got shape {tuple(value.shape)} (pass attribution[i], mask[i] per image)")
+    if ignore is not None and ignore.shape != mask.shape:
+        raise ValueError(f"ignore must have the mask's shape {tuple(mask.shape)}; got {tuple(ignore.shape)}")
     check_finite(attribution)
     a = to_pixels(attribution[None], tuple(mask.shape))[0].flatten().cpu().numpy()
     m = mask.flatten().cpu().numpy().astype(bool)

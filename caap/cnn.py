@@ -45,6 +45,7 @@ from caap.caap import Score, resolve_layers, upsample
 from caap.cnn_model import CNNClassifier, as_cnn_classifier
 from caap.selection import Selection, all_neighbourhoods
 from caap.targets import check_score, refuse_target_with_callable, resolve_targets
+from caap.validation import check_flag, check_float, check_int, check_method_images
 from vit_lens.patching import ClassScore
 
 
@@ -87,14 +88,15 @@ class CNNCAAP:
                  chunk_size: int | None = None, memory_budget_gb: float = 1.0, blank_seed: int = 0,
                  progress: bool | None = None, **wrap_kwargs):
         check_score(score, "the output [batch, K, n_out] to [batch, K]")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"chunk_size must be None or a positive int; got {chunk_size!r}")
-        if not memory_budget_gb > 0:
-            raise ValueError(f"memory_budget_gb must be > 0; got {memory_budget_gb!r}")
+        chunk_size = check_int(chunk_size, "chunk_size", low=1, none_ok=True)
+        memory_budget_gb = check_float(memory_budget_gb, "memory_budget_gb", low=0, low_open=True)
+        freeze_context = check_flag(freeze_context, "freeze_context", none_ok=False)
+        progress = check_flag(progress, "progress")
+        blank_seed = check_int(blank_seed, "blank_seed", low=0)
         self.model = model = as_cnn_classifier(model, **wrap_kwargs)
         cfg = model.cfg
         self.layers = resolve_layers(layers, cfg.n_layers)
-        self.score, self.freeze_context, self.progress = score, bool(freeze_context), progress
+        self.score, self.freeze_context, self.progress = score, freeze_context, progress
         self.neighbourhoods = all_neighbourhoods(cfg.grid_size, selection, radius)
         selected = torch.zeros(len(self.neighbourhoods), cfg.n_patches, dtype=torch.bool)
         for k, patches in enumerate(self.neighbourhoods):
@@ -135,7 +137,7 @@ class CNNCAAP:
         """Patch-level maps ``[batch, grid_h, grid_w]`` for the predicted class (``target=None``), an int, or
         one class per image (must be None when ``score`` is a callable)."""
         model, end = self.model, self.layers[1]
-        model.check_images(images)
+        check_method_images(model, images)
         images = images.to(self.blank_maps[0].device)
         refuse_target_with_callable(self.score, target)
         targets = None if callable(self.score) else resolve_targets(model, images, target)

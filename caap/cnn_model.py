@@ -21,6 +21,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from vit_lens.loading import UnsupportedModelError
+from vit_lens.validation import check_finite
 from vit_lens.tokens import TokenLayout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -177,9 +178,13 @@ class CNNClassifier(nn.Module):
         if images.ndim != 4 or images.shape[1] != cfg.in_chans or tuple(images.shape[2:]) != cfg.image_size:
             raise ValueError(f"{name} must have shape {shape} (image_size={cfg.image_size}); got "
                              f"{tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor (normalized pixels); got dtype {images.dtype}. "
+                            f"Use model.transform or convert with .float().")
         dtype = next(self.model.parameters()).dtype
         if images.dtype != dtype:
             raise TypeError(f"{name} has dtype {images.dtype} but the model runs in {dtype}; convert with .to({dtype})")
+        check_finite(images, name)  # NaN/inf pixels would turn every score and map into NaN silently
 
     def forward(self, images: Float[Tensor, "batch chan height width"]) -> Float[Tensor, "batch n_out"]:
         return self.model(images)

@@ -7,6 +7,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from caap.validation import check_method_images
+
 ALLOWED = "None (the predicted class), an int class index, or one int class index per image"
 
 
@@ -63,21 +65,29 @@ def resolve_targets(model, images: Float[Tensor, "batch chan height width"],
     if target is None:
         with torch.no_grad():  # not inference_mode: Grad-CAM differentiates through a gather on it
             return model(images).argmax(-1)
+    return class_targets(target, batch, n_classes).to(images.device)
+
+
+def class_targets(target, batch: int, n_classes: int | None) -> Int[Tensor, "batch"]:
+    """The one check of an explicit class target (methods and metrics alike): an int, or one int per image,
+    each in ``[0, n_classes)`` (no range check when ``n_classes`` is None). Floats (2.9 would silently be
+    class 2), bools (True would be class 1), strings and NaN are refused. Returns a long tensor ``[batch]``."""
     target = _as_class_tensor(target)
     if target.numel() == 1 and batch > 1:
         target = target.expand(batch)
     if target.shape != (batch,):
-        raise ValueError(f"target must be None, an int or one class per image (shape [{batch}]); got shape "
+        raise ValueError(f"target must be an int or one class per image (shape [{batch}]); got shape "
                          f"{tuple(target.shape)}")
-    if int(target.min()) < 0 or int(target.max()) >= n_classes:
-        raise ValueError(f"target classes must be in [0, {n_classes}); got {target.tolist()}")
-    return target.to(images.device)
+    if n_classes is not None and batch and (int(target.min()) < 0 or int(target.max()) >= n_classes):
+        raise ValueError(f"target must be in [0, {n_classes}); got {target.tolist()} (class indices of a "
+                         f"{n_classes}-class model)")
+    return target
 
 
 def prepare_inputs(model, images: Float[Tensor, "batch chan height width"],
                    target: int | Tensor | None) -> tuple[Float[Tensor, "batch chan height width"], Int[Tensor, "batch"]]:
-    """The common start of every method: check the images (shape, dtype, finite pixels), move them to the
-    model's device and resolve one class per image (:func:`resolve_targets`)."""
-    model.check_images(images)
+    """The common start of every method: check the images (shape, dtype, finite pixels, a non-empty batch),
+    move them to the model's device and resolve one class per image (:func:`resolve_targets`)."""
+    check_method_images(model, images)
     images = images.to(next(model.parameters()).device)
     return images, resolve_targets(model, images, target)

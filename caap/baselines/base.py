@@ -11,6 +11,7 @@ from torch import Tensor
 from caap.masking import patch_average
 from caap.targets import check_score as _check_score
 from caap.targets import refuse_target_with_callable, require_classifier, resolve_targets
+from caap.validation import check_method_images
 
 # "logit" / "prob": the explained class's logit or softmax probability; a callable maps the model's output
 # [batch, n_out] (logits, or the embedding of a headless model) to one differentiable score per image [batch].
@@ -19,13 +20,6 @@ GradientScore = Union[str, Callable[[Tensor], Tensor]]
 
 def check_score(score) -> GradientScore:
     return _check_score(score, "the output [batch, n_out] to [batch]")
-
-
-def check_batch(images: Tensor) -> None:
-    """Refuse an empty batch: the one check ``HookedViT.check_images`` (shape, dtype, NaN/inf pixels), which
-    every caller runs first, leaves to the methods."""
-    if images.shape[0] == 0:
-        raise ValueError("images is an empty batch (shape [0, ...]); pass at least one image")
 
 
 class GradientMethod:
@@ -43,8 +37,7 @@ class GradientMethod:
 
     def attribute(self, images: Float[Tensor, "batch chan height width"],
                   target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
-        self.model.check_images(images)
-        check_batch(images)
+        check_method_images(self.model, images)
         refuse_target_with_callable(self.score, target)
         if not callable(self.score):
             require_classifier(self.model)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from caap.baselines.base import GradientMethod, GradientScore, check_score
+from caap.validation import check_int
 
 
 class GradCAM(GradientMethod):
@@ -18,6 +19,7 @@ class GradCAM(GradientMethod):
 
     def __init__(self, model, layer: int | None = None, score: GradientScore = "logit"):
         self.model, self.score = model, check_score(score)
+        layer = check_int(layer, "layer", low=0, high=model.cfg.n_layers - 1, none_ok=True)
         self.hook_name = f"blocks.{model.cfg.n_layers - 1 if layer is None else layer}.ln1.hook_normalized"
 
     def _attribute(self, images, target):

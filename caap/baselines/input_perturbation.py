@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 from caap.blanks import Blank, blank_image
 from caap.masking import DEFAULT_MEMORY_BUDGET_GB, masked_scores
 from caap.selection import Selection, all_neighbourhoods
-from caap.targets import prepare_inputs
+from caap.targets import check_score, prepare_inputs
+from caap.validation import check_flag, check_float, check_int
 
 
 class _InputPerturbation:
@@ -29,8 +30,10 @@ class _InputPerturbation:
             from caap.cnn_model import as_cnn_classifier
 
             model = as_cnn_classifier(model)
-        self.model, self.score, self.chunk_size, self.progress = model, score, chunk_size, progress
-        self.memory_budget_gb = memory_budget_gb
+        self.model, self.score = model, check_score(score, "the output [k, n_out] to [k]")
+        self.chunk_size = check_int(chunk_size, "chunk_size", low=1, none_ok=True)
+        self.memory_budget_gb = check_float(memory_budget_gb, "memory_budget_gb", low=0, low_open=True)
+        self.progress = check_flag(progress, "progress")
         cfg = model.cfg
         grid = torch.zeros(cfg.n_patches, cfg.n_patches)
         for i, patches in enumerate(all_neighbourhoods(cfg.grid_size, selection, radius)):
@@ -38,7 +41,7 @@ class _InputPerturbation:
         grid = rearrange(grid, "k (gh gw) -> k gh gw", gh=cfg.grid_size[0])
         ph, pw = cfg.patch_size
         self.masks = grid.repeat_interleave(ph, 1).repeat_interleave(pw, 2)[:, None]  # [K, 1, H, W]
-        self.blank = blank_image(model, blank, blank_seed)
+        self.blank = blank_image(model, blank, check_int(blank_seed, "blank_seed", low=0))
 
     def scores(self, image: Float[Tensor, "chan h w"], blank: Float[Tensor, "chan h w"],
                masks: Float[Tensor, "k 1 h w"], target: Tensor) -> Float[Tensor, "k"]:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from caap.baselines.base import GradientMethod, GradientScore, check_score
+from caap.validation import check_int
 
 LIBRA_RULES = ("layernorm", "attention", "activation")
 
@@ -119,11 +120,8 @@ class _TokenInputXGradient(GradientMethod):
 
 def _skip_layers(model, start_layer: int | None) -> list[int]:
     n_layers = model.cfg.n_layers
-    start = n_layers // 2 if start_layer is None else start_layer
-    if not (isinstance(start, int) and 0 <= start < n_layers):
-        raise ValueError(f"start_layer must be None (= n_layers // 2 = {n_layers // 2}) or an int in "
-                         f"[0, {n_layers}); got {start_layer!r}")
-    return list(range(start, n_layers))
+    start = check_int(start_layer, "start_layer", low=0, high=n_layers - 1, none_ok=True)
+    return list(range(n_layers // 2 if start is None else start, n_layers))
 
 
 class InputXGradient(_TokenInputXGradient):

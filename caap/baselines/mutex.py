@@ -38,6 +38,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from caap.baselines.lrp import targets_before_forward
+from caap.validation import check_float, check_int, check_method_images
 
 OPERATORS = ("min", "max", "sum")
 CENTRALITIES = ("in", "out")
@@ -76,22 +77,17 @@ class MUTEX:
 
     def __init__(self, model, min_cut: float = 0.01, token_ratio: float = 0.5, start_layer: int = 0,
                  batch_size: int = 64):
-        n_layers = model.cfg.n_layers
-        if not isinstance(min_cut, (int, float)) or not 0 <= min_cut <= 1:
-            raise ValueError(f"min_cut must be a number in [0, 1]; got {min_cut!r}")
-        if not isinstance(token_ratio, (int, float)) or not 0 < token_ratio <= 1:
-            raise ValueError(f"token_ratio must be a number in (0, 1]; got {token_ratio!r}")
-        if not isinstance(start_layer, int) or not 0 <= start_layer < n_layers:
-            raise ValueError(f"start_layer must be an int in [0, {n_layers}); got {start_layer!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
-        self.model, self.min_cut, self.token_ratio = model, float(min_cut), float(token_ratio)
-        self.start_layer, self.batch_size = start_layer, batch_size
+        self.model = model
+        self.min_cut = check_float(min_cut, "min_cut", low=0, high=1)
+        self.token_ratio = check_float(token_ratio, "token_ratio", low=0, high=1, low_open=True)
+        self.start_layer = check_int(start_layer, "start_layer", low=0, high=model.cfg.n_layers - 1)
+        self.batch_size = check_int(batch_size, "batch_size", low=1)
 
     @torch.no_grad()
     def attribute(self, images: Float[Tensor, "batch chan height width"],
                   target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
         model = self.model
+        check_method_images(model, images)
         targets = targets_before_forward(model, images, target)
         patterns = {}
 

@@ -22,14 +22,8 @@ from tqdm.auto import tqdm
 
 from caap.baselines.base import PixelLevelMethod
 from caap.masking import DEFAULT_MEMORY_BUDGET_GB, iter_masked_scores, masked_scores
-from caap.targets import prepare_inputs
-
-
-def _pair(value, name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints (pixels); got {value!r}")
-    return pair
+from caap.targets import check_score, prepare_inputs
+from caap.validation import check_finite_tensor, check_flag, check_float, check_int, check_int_pair
 
 
 class Occlusion(PixelLevelMethod):
@@ -41,10 +35,12 @@ class Occlusion(PixelLevelMethod):
                  memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB, batch_size: int | None = None,
                  progress: bool | None = None):
         cfg = model.cfg
-        self.model, self.score, self.progress = model, score, progress
-        self.memory_budget_gb, self.batch_size = memory_budget_gb, batch_size
-        self.window = _pair(cfg.patch_size if window is None else window, "window")
-        self.stride = _pair(self.window if stride is None else stride, "stride")
+        self.model, self.score = model, check_score(score, "the output [k, n_out] to [k]")
+        self.progress = check_flag(progress, "progress")
+        self.memory_budget_gb = check_float(memory_budget_gb, "memory_budget_gb", low=0, low_open=True)
+        self.batch_size = check_int(batch_size, "batch_size", low=1, none_ok=True)
+        self.window = check_int_pair(cfg.patch_size if window is None else window, "window (pixels)")
+        self.stride = check_int_pair(self.window if stride is None else stride, "stride (pixels)")
         h, w = cfg.image_size
         if self.window[0] > h or self.window[1] > w:
             raise ValueError(f"window {self.window} exceeds the image size {(h, w)}")
@@ -53,9 +49,13 @@ class Occlusion(PixelLevelMethod):
                              "left out)")
         self.starts = [[k * s for k in range(math.ceil((n - win) / s) + 1)]
                        for n, win, s in zip((h, w), self.window, self.stride)]
-        if isinstance(baseline, Tensor) and baseline.shape not in ((), (cfg.in_chans, h, w)):
-            raise ValueError(f"baseline must be a float or a [{cfg.in_chans}, {h}, {w}] tensor (normalized input); "
-                             f"got shape {tuple(baseline.shape)}")
+        if isinstance(baseline, Tensor):
+            if baseline.shape not in ((), (cfg.in_chans, h, w)):
+                raise ValueError(f"baseline must be a float or a [{cfg.in_chans}, {h}, {w}] tensor (normalized "
+                                 f"input); got shape {tuple(baseline.shape)}")
+            check_finite_tensor(baseline, "baseline")
+        else:
+            baseline = check_float(baseline, "baseline (normalized input value)")
         self.baseline = baseline
 
     @property

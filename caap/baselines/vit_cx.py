@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from caap.baselines.base import PixelLevelMethod
 from caap.masking import DEFAULT_MEMORY_BUDGET_GB, masked_scores
 from caap.targets import resolve_targets
+from caap.validation import check_flag, check_float, check_int, check_method_images
 
 
 def _interp_matrix(n_in: int, n_out: int) -> Float[Tensor, "n_out n_in"]:
@@ -112,14 +113,18 @@ class ViTCX(PixelLevelMethod):
                  memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB, batch_size: int | None = None,
                  progress: bool | None = None):
         n_layers = model.cfg.n_layers
+        layer = check_int(layer, "layer (block index)", low=0, high=n_layers - 1, none_ok=True)
         layer = n_layers - 1 if layer is None else layer
-        if not isinstance(layer, int) or not 0 <= layer < n_layers:
-            raise ValueError(f"layer must be a block index in [0, {n_layers}); got {layer!r}")
-        if not 0 < distance_threshold <= 2:
-            raise ValueError(f"distance_threshold must be in (0, 2] (cosine distance); got {distance_threshold!r}")
+        if not isinstance(hook, str) or f"blocks.{layer}.{hook}" not in model.hook_dict:
+            raise ValueError(f"hook must name a hook point inside a block, e.g. 'ln1.hook_normalized'; got {hook!r}")
         self.model, self.hook_name = model, f"blocks.{layer}.{hook}"
-        self.distance_threshold, self.noise_std, self.seed = distance_threshold, noise_std, seed
-        self.memory_budget_gb, self.batch_size, self.progress = memory_budget_gb, batch_size, progress
+        self.distance_threshold = check_float(distance_threshold, "distance_threshold (cosine distance)", low=0,
+                                              high=2, low_open=True)
+        self.noise_std = check_float(noise_std, "noise_std", low=0)
+        self.seed = check_int(seed, "seed", low=0)
+        self.memory_budget_gb = check_float(memory_budget_gb, "memory_budget_gb", low=0, low_open=True)
+        self.batch_size = check_int(batch_size, "batch_size", low=1, none_ok=True)
+        self.progress = check_flag(progress, "progress")
         self.last_n_masks: list[int] = []  # clusters per image of the last call (the cost is 2x this)
 
     def features(self, images: Float[Tensor, "batch chan height width"]) -> tuple[Tensor, Tensor]:
@@ -135,11 +140,12 @@ class ViTCX(PixelLevelMethod):
     def attribute_pixels(self, images: Float[Tensor, "batch chan height width"],
                          target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch height width"]:
         model = self.model
-        model.check_images(images)
+        check_method_images(model, images)
         param = next(model.parameters())
         images = images.to(param.device)
+        explicit = None if target is None else resolve_targets(model, images, target)  # refused before any work
         logits, feats = self.features(images)
-        targets = logits.argmax(-1) if target is None else resolve_targets(model, images, target)
+        targets = logits.argmax(-1) if explicit is None else explicit
         probs = logits.float().softmax(-1)
         size = tuple(model.cfg.image_size)
         g = torch.Generator().manual_seed(self.seed)
