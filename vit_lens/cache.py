@@ -20,6 +20,16 @@ from transformer_lens.utilities import Slice
 class ViTActivationCache(ActivationCache):
     """What ``HookedViT.run_with_cache`` returns."""
 
+    def __getitem__(self, key):
+        """TL's lookup, plus TransformerLens 4 hook names (``blocks.{l}.attn.hook_q_input``, ``..._grad``)."""
+        if isinstance(key, str) and key not in self.cache_dict:
+            from vit_lens.tl_compat import resolve_hook_name
+
+            base, grad = (key[:-5], "_grad") if key.endswith("_grad") else (key, "")
+            if resolve_hook_name(base) + grad in self.cache_dict:
+                return self.cache_dict[resolve_hook_name(base) + grad]
+        return super().__getitem__(key)
+
     def apply_slice_to_batch_dim(self, batch_slice):
         """TL's, returning a ViTActivationCache (TL's builds a plain ActivationCache)."""
         out = super().apply_slice_to_batch_dim(batch_slice)

@@ -31,7 +31,10 @@ class ViTConfig:
     pooling: Pooling = "token"  # "cls_mean": CLS ⊕ mean of the patch tokens (official DINOv2 linear heads)
     head_n_last_blocks: int = 1  # pooling="cls_mean": the CLS tokens of the last n blocks (1 or 4) come first
     num_classes: int = 0
-    act_fn: Activation = "gelu"
+    # what the head's outputs are: class "logits", or an "embedding" (CLIP projections: num_classes is then the
+    # embedding width, whose dimensions are no classes; class targets and class metrics refuse it)
+    head_output: Literal["logits", "embedding"] = "logits"
+    act_fn: Activation = "gelu"  # TL spells "gelu_tanh" "gelu_pytorch_tanh" (= "gelu_new"); the others alike
     mlp_type: MlpType = "mlp"  # "swiglu": gated MLP (timm SwiGLUPacked/SwiGLU, DINOv2-G), act_fn is the gate's
     eps: float = 1e-6
     pre_norm: bool = False  # CLIP's ``norm_pre`` before the first block
@@ -55,17 +58,64 @@ class ViTConfig:
     use_hook_mlp_in: bool = False  # ``blocks.{l}.hook_mlp_in`` [batch, pos, d_model]
     device: Any = None  # torch.device, kept equal to the parameters' device by HookedViT (``model.to``)
     dtype: Any = None  # the parameters' dtype, kept in sync like ``device``
+    # "LN": ln1/ln2/ln_final/fc_norm are affine LayerNorms; "LNPre" after ``fold_ln`` (vit_lens.processing):
+    # no affine, its weights folded into the readers (CLIP's ln_pre stays affine: it writes the stream)
+    normalization_type: Literal["LN", "LNPre"] = "LN"
+    original_architecture: str = "VisionTransformer"  # the source class the weights came from
 
     # ------------------------------------------------------------ TransformerLens field names
-    # TL code (ActivationCache, patching, logit lens) reads these HookedTransformerConfig fields.
-    normalization_type = "LN"  # every norm of a timm ViT is an affine LayerNorm, applied unfolded
+    # TL code (ActivationCache, patching, logit lens, SVDInterpreter) reads these HookedTransformerConfig
+    # fields; each holds its ViT meaning. Left out, as they have none: tokenizer fields, default_prepend_bos
+    # (no tokenizer; CLS and registers are parameters, not input tokens), rotary/NTK/yarn, init fields.
     attn_only = False
     final_rms = False
+    uses_rms_norm = False
     parallel_attn_mlp = False
     positional_embedding_type = "standard"  # learned absolute position embedding
     n_key_value_heads = None  # no grouped-query attention
+    ungroup_grouped_query_attention = False
     n_devices = 1
-    d_vocab = -1  # no token vocabulary: the input is pixels (see ``d_vocab_out`` for the classes)
+    attention_dir = "bidirectional"  # every token attends to every token (no causal mask)
+    use_attn_scale = True  # scores are q.k / attn_scale
+    use_local_attn = False
+    window_size = None
+    attn_types = None
+    use_qk_norm = False
+    scale_attn_by_inverse_layer_idx = False
+    use_hook_tokens = False  # no token ids: the input is pixels
+    tie_word_embeddings = False
+    attn_scores_soft_cap = -1.0  # disabled
+    output_logits_soft_cap = -1.0  # disabled
+    rotary_dim = None
+    num_experts = None
+    experts_per_token = None
+
+    @property
+    def d_vocab(self) -> int:
+        """TL's vocabulary size: there is no input vocabulary (pixels), so it is the readout's, ``d_vocab_out``
+        (TL's default ties the two; ``SVDInterpreter`` reads it as ``W_U``'s width)."""
+        return self.d_vocab_out
+
+    @property
+    def attn_scale(self) -> float:
+        """``sqrt(d_head)``: attention scores are ``q . k / attn_scale``."""
+        return self.d_head ** 0.5
+
+    @property
+    def post_embedding_ln(self) -> bool:
+        """TL's flag for a LayerNorm right after the embedding: CLIP's ``ln_pre``."""
+        return self.pre_norm
+
+    @property
+    def layer_norm_folding(self) -> bool:
+        """TL's flag: the norms' weights were folded into their readers (``fold_ln``)."""
+        return self.normalization_type == "LNPre"
+
+    @property
+    def n_params(self) -> int:
+        """TL's count of hidden weights (attention and MLP matrices; no embeddings, biases or norms)."""
+        mlp = (3 if self.gated_mlp else 2) * self.d_model * self.d_mlp
+        return self.n_layers * (4 * self.d_model * self.n_heads * self.d_head + mlp)
 
     @property
     def gated_mlp(self) -> bool:

@@ -12,7 +12,7 @@ from transformer_lens import HookedRootModule
 
 from vit_lens.components import LayerNorm, PatchEmbed, PosEmbed, TransformerBlock
 from vit_lens.components.hooks_util import HookPoint
-from vit_lens.components.layer_norm import PooledFinalNorm
+from vit_lens.components.layer_norm import PooledFinalNorm, make_norm
 from vit_lens.config import ViTConfig
 from vit_lens.tl_compat import TransformerLensCompat
 from vit_lens.tokens import TokenLayout
@@ -42,9 +42,9 @@ class HookedViT(TransformerLensCompat, TransformerLensWeights, HookedRootModule)
         self.pos_embed = PosEmbed(n_pos, d, cfg.pos_embed_on_prefix, cfg.n_prefix_tokens)
         self.ln_pre = LayerNorm(d, cfg.eps) if cfg.pre_norm else None
         self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
-        self.fc_norm = LayerNorm(d, cfg.eps) if cfg.fc_norm else None
+        self.fc_norm = make_norm(cfg) if cfg.fc_norm else None
         if cfg.final_norm:
-            self.ln_final = LayerNorm(d, cfg.eps)
+            self.ln_final = make_norm(cfg)
         else:  # TL's ``ln_final`` for analysis only; the forward pass does not use it (see vit_lens.cache)
             self.ln_final = PooledFinalNorm(self.fc_norm, self.pool) if cfg.fc_norm else nn.Identity()
         self.head = nn.Linear(cfg.d_pooled, cfg.num_classes) if cfg.num_classes > 0 else None
@@ -69,31 +69,43 @@ class HookedViT(TransformerLensCompat, TransformerLensWeights, HookedRootModule)
     ) -> "HookedViT":
         """Port a timm ViT: an instantiated model, a timm name (timm downloads the weights), or a name
         plus a local ``checkpoint_path`` (``.safetensors``, or ``.pth``/``.bin`` read with
-        ``weights_only=True``)."""
+        ``weights_only=True``). TransformerLens's weight processing options (``fold_ln``,
+        ``center_writing_weights``, ``center_unembed``, ``fold_value_biases``,
+        ``refactor_factored_attn_matrices``; all off by default) are applied after the port:
+        :func:`vit_lens.processing.process_weights`."""
         from vit_lens.loading import hooked_vit_from_timm
+        from vit_lens.processing import pop_processing_options, process_weights
 
-        return hooked_vit_from_timm(
+        options = pop_processing_options(timm_kwargs)
+        model = hooked_vit_from_timm(
             cls, model_or_name, pretrained=pretrained, checkpoint_path=checkpoint_path,
             device=device, dtype=dtype, **timm_kwargs,
         )
+        return process_weights(model, **options)
 
     @classmethod
     def from_checkpoint(cls, path: str | PathLike, model_name: str | None = None, **kwargs: Any) -> "HookedViT":
         """Load a local timm checkpoint; a JSON sidecar beside it (``NAME.json`` with ``timm_model_name``,
-        ``create_model_kwargs``, ``data_config``, ``class_names``) supplies what is not given."""
+        ``create_model_kwargs``, ``data_config``, ``class_names``) supplies what is not given. Takes the
+        weight processing options of :meth:`from_timm`."""
         from vit_lens.loading import hooked_vit_from_checkpoint
+        from vit_lens.processing import pop_processing_options, process_weights
 
-        return hooked_vit_from_checkpoint(cls, path, model_name=model_name, **kwargs)
+        options = pop_processing_options(kwargs)
+        return process_weights(hooked_vit_from_checkpoint(cls, path, model_name=model_name, **kwargs), **options)
 
     @classmethod
     def from_hf(cls, model_or_name_or_path: nn.Module | str | PathLike, **kwargs: Any) -> "HookedViT":
         """Port a HuggingFace ``transformers`` ViT / DeiT / DINOv2(-registers) / CLIP vision model: an
         instantiated model, a hub name, or a directory written by ``save_pretrained`` (offline). The saved
         image processor becomes ``model.transform``. Options (``image_processor``, ``image_size``, ``device``,
-        ``dtype``, ``from_pretrained`` kwargs) and the output of each class: :mod:`vit_lens.loading.hf`."""
+        ``dtype``, ``from_pretrained`` kwargs) and the output of each class: :mod:`vit_lens.loading.hf`.
+        Takes the weight processing options of :meth:`from_timm`."""
         from vit_lens.loading import hooked_vit_from_hf
+        from vit_lens.processing import pop_processing_options, process_weights
 
-        return hooked_vit_from_hf(cls, model_or_name_or_path, **kwargs)
+        options = pop_processing_options(kwargs)
+        return process_weights(hooked_vit_from_hf(cls, model_or_name_or_path, **kwargs), **options)
 
     @classmethod
     def from_open_clip(cls, model_or_name: nn.Module | str, **kwargs: Any) -> "HookedViT":

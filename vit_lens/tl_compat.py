@@ -283,6 +283,14 @@ class TransformerLensCompat:
                                  "this model's logits (a hook edits the head's input?); remove such hooks")
         return per_position
 
+    def process_weights_(self, **options: bool):
+        """TransformerLens's weight processing in place (``fold_ln``, ``center_writing_weights``,
+        ``center_unembed``, ``fold_value_biases``, ``refactor_factored_attn_matrices``): see
+        :mod:`vit_lens.processing`. Returns the model."""
+        from vit_lens.processing import process_weights
+
+        return process_weights(self, **options)
+
     # ------------------------------------------------------------------ TransformerLens switches
     def set_use_attn_explicit(self, explicit: bool = True) -> None:
         """Force the explicit softmax attention path everywhere (the fast SDPA path is the default)."""

@@ -193,3 +193,30 @@ class TransformerLensWeights:
         if mlp_input:
             total = total + self.blocks[layer].attn.b_O
         return total
+
+    def tl_parameters(self) -> dict[str, Tensor]:
+        """TransformerLens state-dict names -> weights, as ``TransformerBridge.tl_parameters()`` (what TL's
+        ``SVDInterpreter`` reads): ``embed.W_E``/``b_E``, ``pos_embed.W_pos``, ``blocks.{l}.attn.W_Q`` ... ``b_O``
+        (LayerScale in ``W_O``/``b_O``), ``blocks.{l}.mlp.W_in``/``b_in``/``W_out``/``b_out`` (+ ``W_gate``/
+        ``b_gate``), ``blocks.{l}.ln1.w``/``b``, ``ln2.*``, ``ln_final.*`` (the final norm, ``fc_norm`` for
+        pooled-feature models) while the norms are affine (gone after ``fold_ln``, as in TL), and
+        ``unembed.W_U``/``b_U`` (single-vector heads). Views built on each call: ``state_dict`` and
+        ``load_state_dict`` keep HookedViT's own names."""
+        out = {"embed.W_E": self.W_E, "embed.b_E": self.b_E, "pos_embed.W_pos": self.W_pos}
+        affine = self.cfg.normalization_type == "LN"
+        for l, block in enumerate(self.blocks):
+            for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"):
+                out[f"blocks.{l}.attn.{name}"] = getattr(block.attn, name)
+            mlp_names = ("W_gate", "b_gate", "W_in", "b_in", "W_out", "b_out") if self.cfg.gated_mlp else \
+                ("W_in", "b_in", "W_out", "b_out")
+            for name in mlp_names:
+                out[f"blocks.{l}.mlp.{name}"] = getattr(block.mlp, name)
+            if affine:
+                for ln in ("ln1", "ln2"):
+                    out[f"blocks.{l}.{ln}.w"], out[f"blocks.{l}.{ln}.b"] = getattr(block, ln).w, getattr(block, ln).b
+        norm = self.final_norm_module()
+        if norm is not None and affine:
+            out["ln_final.w"], out["ln_final.b"] = norm.w, norm.b
+        if self.cfg.pooling != "cls_mean":
+            out["unembed.W_U"], out["unembed.b_U"] = self.W_U, self.b_U
+        return out

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from vit_lens.components.attention import Attention
 from vit_lens.components.hooks_util import HookPoint
-from vit_lens.components.layer_norm import LayerNorm
+from vit_lens.components.layer_norm import make_norm
 from vit_lens.components.mlp import MLP
 from vit_lens.components.swiglu import GatedMLP
 
@@ -40,10 +40,10 @@ class TransformerBlock(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.ln1 = LayerNorm(cfg.d_model, cfg.eps)
+        self.ln1 = make_norm(cfg)
         self.ls1 = LayerScale(cfg.d_model, cfg.layer_scale)
         self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.qkv_bias, layer_scale=self.ls1)
-        self.ln2 = LayerNorm(cfg.d_model, cfg.eps)
+        self.ln2 = make_norm(cfg)
         self.ls2 = LayerScale(cfg.d_model, cfg.layer_scale)
         mlp_cls = GatedMLP if cfg.mlp_type == "swiglu" else MLP
         self.mlp = mlp_cls(cfg.d_model, cfg.d_mlp, cfg.act_fn, layer_scale=self.ls2)

@@ -51,6 +51,36 @@ class LayerNorm(nn.Module):
         return self.hook_normalized(embed_share + pos_share)
 
 
+class LayerNormPre(LayerNorm):
+    """TransformerLens's ``LNPre``: centre and divide by the scale, no affine. What ``ln1``/``ln2``/``ln_final``/
+    ``fc_norm`` become under ``fold_ln`` (:mod:`vit_lens.processing`), their weight and bias folded into the
+    layers that read them. ``hook_normalized`` is then ``(x - mean) / hook_scale``; ``w``/``b`` are ones and
+    zeros (non-persistent buffers, so code reading them stays exact and the state dict has no norm keys)."""
+
+    def __init__(self, d_model: int, eps: float):
+        nn.Module.__init__(self)
+        self.eps = eps
+        self.register_buffer("w", torch.ones(d_model), persistent=False)
+        self.register_buffer("b", torch.zeros(d_model), persistent=False)
+        self.hook_scale = HookPoint()
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        if is_hooked(self.hook_scale):
+            x = x - x.mean(-1, keepdim=True)
+            return self.hook_normalized(x / self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()))
+        return self.hook_normalized(F.layer_norm(x, self.w.shape, None, None, self.eps))
+
+    def normalize_unhooked(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        return F.layer_norm(x, self.w.shape, None, None, self.eps)
+
+
+def make_norm(cfg, d_model: int | None = None) -> LayerNorm:
+    """The block/final norm ``cfg.normalization_type`` asks for: affine ``LayerNorm`` ("LN") or ``LayerNormPre``."""
+    cls = LayerNormPre if cfg.normalization_type == "LNPre" else LayerNorm
+    return cls(cfg.d_model if d_model is None else d_model, cfg.eps)
+
+
 class PooledFinalNorm(nn.Module):
     """TransformerLens's ``ln_final`` for a model whose final norm is ``fc_norm`` on the pooled features.
 
