@@ -40,6 +40,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="timm model name (pretrained weights via timm)")
     src.add_argument("--weights", type=Path, help="local timm checkpoint (.safetensors/.pth) with its JSON sidecar")
+    src.add_argument("--hf", metavar="NAME_OR_DIR", help="HuggingFace transformers classifier: hub name or a "
+                                                         "save_pretrained directory")
     p.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
     p.add_argument("--root", type=Path, required=True, help="dataset root (manifest: the CSV or its folder)")
     p.add_argument("--split", help="dataset split (default per dataset; manifest: the 'kind' filter, e.g. single)")
@@ -84,7 +86,7 @@ def _methods(spec: str) -> list[str]:
 def _load_model(args, device: str):
     from caap.cli import load_checked_model
 
-    ns = argparse.Namespace(model=args.model, weights=args.weights, device=device)
+    ns = argparse.Namespace(model=args.model, weights=args.weights, hf=args.hf, device=device)
     if args.weights is not None and not args.weights.is_file():
         raise UserError(f"--weights {args.weights}: no such file")
     try:
@@ -99,13 +101,13 @@ def _settings(args, model, methods, protocol, device, digests: dict[str, str]) -
     import timm
     import torch
 
-    from analysis.provenance import combined_digest, weights_record
+    from analysis.provenance import combined_digest, hf_weights_digest, weights_record
     from caap.registry import method_settings
 
     weights = weights_record(args.weights)
     return {
         "model": model.cfg.model_name or args.model, "weights": weights,
-        "weights_sha256": weights["sha256"] if weights else None, "dataset": args.dataset,
+        "weights_sha256": weights["sha256"] if weights else hf_weights_digest(args.hf), "dataset": args.dataset,
         "split": args.split, "n": args.n, "seed": args.seed, "protocol": asdict(protocol), "amp": args.amp,
         "device_type": torch.device(device).type, "methods": methods,
         "method_settings": {m: method_settings(m) for m in methods},
@@ -305,6 +307,9 @@ def run(args) -> int:
         raise UserError(f"{args.dataset}: sample names are not unique; the results could not be resumed")
     model = _load_model(args, device)
     n_out = model.cfg.num_classes
+    if n_out == 0 or getattr(model.cfg, "head_output", "logits") == "embedding":
+        raise UserError(f"{model.cfg.model_name or 'the model'} outputs an embedding, not class logits: caap bench "
+                        f"scores class probabilities and needs a classifier")
     if dataset.num_classes is not None and dataset.num_classes != n_out:
         raise UserError(f"the model has {n_out} classes but {args.dataset} has {dataset.num_classes}; give a "
                         f"checkpoint fine-tuned on {args.dataset}")

@@ -32,6 +32,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="timm model name (pretrained weights via timm)")
     src.add_argument("--weights", type=Path, help="local timm checkpoint (.safetensors/.pth) with its JSON sidecar")
+    src.add_argument("--hf", metavar="NAME_OR_DIR", help="HuggingFace transformers classifier: hub name or a "
+                                                         "save_pretrained directory")
     p.add_argument("--dataset", default="manifest", help="a dataset name of `caap bench` (default: manifest)")
     p.add_argument("--root", type=Path, required=True, help="dataset root (manifest: the CSV or its folder)")
     p.add_argument("--split", help="dataset split (manifest: the 'kind' filter, e.g. single; grouping default: all)")
@@ -81,7 +83,8 @@ def _load_model(args):
 
     if args.weights is not None and not args.weights.is_file():
         raise ValueError(f"--weights {args.weights}: no such file")
-    return load_checked_model(argparse.Namespace(model=args.model, weights=args.weights, device=args.device))
+    return load_checked_model(argparse.Namespace(model=args.model, weights=args.weights, hf=args.hf,
+                                                 device=args.device))
 
 
 def _manifest_csv(args) -> Path | None:
@@ -114,11 +117,11 @@ def _methods(spec: str) -> list[str]:
 def _settings(args, model, figure: str, extra: dict, samples=None) -> dict:
     """What the figure's rows depend on; files by content (analysis.provenance), so another folder with the same
     file names, or a checkpoint rewritten in place, is another run."""
-    from analysis.provenance import combined_digest, file_digest, sample_digests
+    from analysis.provenance import combined_digest, file_digest, hf_weights_digest, sample_digests
 
     weights = str(args.weights.resolve()) if args.weights is not None else None
     return {"figure": figure, "model": model.cfg.model_name or args.model, "weights": weights,
-            "weights_sha256": file_digest(args.weights) if args.weights is not None else None,
+            "weights_sha256": file_digest(args.weights) if args.weights is not None else hf_weights_digest(args.hf),
             "dataset": args.dataset, "split": args.split, "n": args.n,
             "dataset_fingerprint": combined_digest(sample_digests(samples)) if samples is not None else None,
             "seed": args.seed, "n_steps": args.n_steps, "target": args.target, "only_correct": args.only_correct,
@@ -332,13 +335,13 @@ def _curves(args, model) -> int:
     from analysis.figures import plot_curves
     from caap import get_method
 
-    from analysis.provenance import file_digest
+    from analysis.provenance import file_digest, hf_weights_digest
 
     methods = _methods(args.methods)
     samples = _samples(args)
     names = {s.name for s in samples}
     expected = {"model": model.cfg.model_name or args.model,
-                "weights_sha256": file_digest(args.weights) if args.weights is not None else None,
+                "weights_sha256": file_digest(args.weights) if args.weights is not None else hf_weights_digest(args.hf),
                 "dataset": args.dataset, "protocol": {"target": args.target, "only_correct": args.only_correct,
                                                       "pixels_per_step": None, "n_steps": args.n_steps}}
     reused = _bench_curves(args.results or args.out, methods, samples, expected)

@@ -53,6 +53,14 @@ def weights_record(path: Path | None) -> dict[str, Any] | None:
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": file_digest(path)}
 
 
+def hf_weights_digest(name_or_dir: str | None) -> str | None:
+    """SHA-256 over the weight files of a ``save_pretrained`` directory (None for a hub name or no ``--hf``)."""
+    if not name_or_dir or not Path(name_or_dir).is_dir():
+        return None
+    files = sorted(p for p in Path(name_or_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    return hashlib.sha256(json.dumps({p.name: file_digest(p) for p in files}).encode()).hexdigest()
+
+
 def read_run_json(path: Path) -> dict:
     """A ``run.json`` written by ``caap bench`` / ``caap figure``; errors name the file."""
     try:

@@ -33,6 +33,13 @@ def add_explain_arguments(ex: argparse.ArgumentParser) -> argparse.ArgumentParse
     ex.add_argument("image", type=Path)
     ex.add_argument("--model", help=f"timm model name (default {DEFAULT_MODEL}; with --weights, the sidecar's)")
     ex.add_argument("--weights", type=Path, help="local timm checkpoint (.safetensors/.pth), JSON sidecar beside it")
+    ex.add_argument("--hf", metavar="NAME_OR_DIR", help="a HuggingFace transformers vision model: hub name, or a "
+                                                        "directory written by save_pretrained (offline)")
+    ex.add_argument("--open-clip", metavar="NAME", help="an open_clip model name (or local-dir:/hf-hub: schema); its "
+                                                        "weights: --weights FILE or --pretrained TAG")
+    ex.add_argument("--pretrained", metavar="TAG", help="--open-clip only: the pretrained tag open_clip downloads")
+    ex.add_argument("--text", help="explain the cosine similarity of the image embedding to this text's embedding "
+                                   "(open_clip models, whose output is an embedding, not classes)")
     ex.add_argument("--target", help="class index or class name to explain (default: the predicted class)")
     ex.add_argument("--out", help="file to write (.png unless another matplotlib suffix is given; no suffix: "
                                   ".png is added); an existing directory or a path ending in '/' gets "
@@ -224,6 +231,10 @@ def load_model(args):
     (explain them with the ``caap-cnn`` method). Otherwise a timm name or a local checkpoint."""
     from vit_lens import HookedViT
 
+    if getattr(args, "hf", None):
+        return HookedViT.from_hf(args.hf, device=args.device)
+    if getattr(args, "open_clip", None):
+        return HookedViT.from_open_clip(load_open_clip(args), device=args.device)
     if args.model is not None and args.model.startswith("paper:"):
         from vit_lens.zoo import get_paper_model, load_paper_model
 
@@ -239,6 +250,69 @@ def load_model(args):
     return HookedViT.from_timm(args.model or DEFAULT_MODEL, pretrained=True, device=args.device)
 
 
+def load_open_clip(args):
+    """The whole open_clip model (the text tower embeds ``--text``); cached on ``args`` so it is built once."""
+    if getattr(args, "_open_clip_model", None) is None:
+        from vit_lens.loading.open_clip import create_open_clip_model
+
+        pretrained = None if args.open_clip.startswith(("local-dir:", "hf-hub:")) else (args.weights or args.pretrained)
+        args._open_clip_model = create_open_clip_model(args.open_clip, pretrained=pretrained)
+    return args._open_clip_model
+
+
+def check_source(args) -> None:
+    """One model source: ``--model`` (timm, or ``paper:``), ``--weights`` (a local timm checkpoint, or with
+    ``--open-clip`` its weights), ``--hf`` or ``--open-clip``; refused combinations name both flags."""
+    hf, oc = getattr(args, "hf", None), getattr(args, "open_clip", None)
+    given = [f for f, v in (("--model", args.model), ("--hf", hf), ("--open-clip", oc)) if v]
+    if len(given) > 1:
+        raise UsageError(f"{given[0]} and {given[1]} both name a model; give one")
+    if hf and args.weights is not None:
+        raise UsageError("--hf takes the model directory itself (written by save_pretrained); drop --weights")
+    if getattr(args, "text", None) is not None and not oc:
+        raise UsageError("--text needs an --open-clip model (its text tower embeds the prompt); for other "
+                         "embedding models use the Python API, CAAP(model, score=<callable on the embedding>)")
+    if getattr(args, "text", None) is not None and args.target is not None:
+        raise UsageError("--target names a class; with --text the prompt is what is explained: drop --target")
+    if getattr(args, "pretrained", None) and not oc:
+        raise UsageError("--pretrained is a tag of an --open-clip model; with other sources use --weights FILE")
+    if oc:
+        if args.weights is not None and getattr(args, "pretrained", None):
+            raise UsageError("--open-clip takes its weights from --weights FILE or --pretrained TAG, not both")
+        if getattr(args, "text", None) is None:
+            raise UsageError(f"--open-clip {oc}: an open_clip model outputs an image embedding, not classes: "
+                             f"pass --text PROMPT (the map explains the cosine similarity to it)")
+        schema = oc.startswith(("local-dir:", "hf-hub:"))
+        if not schema and args.weights is None and not getattr(args, "pretrained", None):
+            raise UsageError(f"--open-clip {oc}: give its weights with --weights FILE (a local checkpoint) or "
+                             f"--pretrained TAG (downloaded by open_clip)")
+        from vit_lens.loading.open_clip import check_open_clip_name
+
+        check_open_clip_name(oc, args.weights or getattr(args, "pretrained", None))
+    if hf:
+        local = Path(hf)
+        if local.exists():
+            if not (local / "config.json").is_file():
+                raise UsageError(f"--hf {hf}: a directory written by save_pretrained must hold config.json")
+        elif (fail_fast_offline() or _offline_set()) and not _hf_cached(hf):
+            raise UsageError(f"--hf {hf}: no such directory, and the Hugging Face Hub is unreachable with no cached "
+                             f"copy; pass a directory written by save_pretrained")
+
+
+def _offline_set() -> bool:
+    """The user asked huggingface_hub for offline mode (``HF_HUB_OFFLINE``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hf_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an invalid repo id: transformers reports it when loading
+        return False
+
+
 def load_checked_model(args):
     """:func:`load_model` behind the CLI's checks (``--device``, ``--weights`` exists, ``--model`` known to timm,
     fast failure offline); every user error raises :class:`UsageError`/``ValueError`` with one line. For other
@@ -246,6 +320,9 @@ def load_checked_model(args):
     check_device(args.device)
     if args.weights is not None and not Path(args.weights).is_file():
         raise UsageError(f"--weights: file not found: {str(args.weights)!r}")
+    check_source(args)
+    if getattr(args, "hf", None) or getattr(args, "open_clip", None):
+        return load_model(args)
     from vit_lens.loading import check_timm_name
 
     name = args.model or DEFAULT_MODEL
@@ -313,10 +390,12 @@ def _explain(args) -> int:
     from caap import CAAP
     from caap.plot import compare, to_display
 
-    if model.cfg.num_classes == 0:
+    if args.text is not None:
+        return _explain_text(args, image, out, model)
+    if model.cfg.num_classes == 0 or getattr(model.cfg, "head_output", "logits") == "embedding":
         raise UsageError(f"model {model.cfg.model_name or str(args.weights)!r} has no classifier head "
-                         f"(num_classes=0): caap explain needs class scores; use the Python API, "
-                         f"CAAP(model, score=<callable on the embedding>)")
+                         f"(num_classes=0): caap explain needs class scores; with an open_clip model pass "
+                         f"--text PROMPT, or use the Python API, CAAP(model, score=<callable on the embedding>)")
     names = class_names(model)
     target = resolve_target(args.target, names)
     x = model.transform(flatten_alpha(image, blank_colour(args.blank, model.cfg.mean)))[None].to(args.device)
@@ -334,6 +413,41 @@ def _explain(args) -> int:
     except OSError as err:
         raise UsageError(f"cannot write --out {str(out)!r}: {err.strerror or err}") from None
     print(f"explained class {target} ({names[target]}, p={probs[target].item():.3f}); overlay written to {out}")
+    return 0
+
+
+def _explain_text(args, image, out: Path, model) -> int:
+    """CAAP of the cosine similarity between the image embedding and ``--text``'s (open_clip's text tower and
+    tokenizer): the score is computed for every intervention, so the map says which patches carry the match."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import torch
+    import torch.nn.functional as F
+
+    from caap import CAAP
+    from caap.plot import compare, to_display
+
+    import open_clip
+
+    clip = load_open_clip(args)
+    with torch.no_grad():
+        text = clip.encode_text(open_clip.get_tokenizer(args.open_clip)([args.text]))[0].to(args.device)
+
+    def cosine(embedding):  # [batch, (K,) embed_dim] -> [batch, (K)]
+        return F.cosine_similarity(embedding, text.expand_as(embedding), dim=-1)
+
+    x = model.transform(flatten_alpha(image, blank_colour(args.blank, model.cfg.mean)))[None].to(args.device)
+    with torch.no_grad():
+        similarity = float(cosine(model(x))[0])
+    attribution = CAAP(model, engine=args.engine, blank=args.blank, layers=args.layers, score=cosine).attribute(x)
+    fig = compare(to_display(model, x), {f"CAAP: {args.text!r}": attribution}, size=4)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=100)
+    except OSError as err:
+        raise UsageError(f"cannot write --out {str(out)!r}: {err.strerror or err}") from None
+    print(f"{args.image.name}: cosine similarity to {args.text!r} = {similarity:.4f}; overlay written to {out}")
     return 0
 
 

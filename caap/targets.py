@@ -47,6 +47,10 @@ def require_classifier(model) -> None:
     if model.cfg.num_classes == 0:
         raise ValueError("this model has no classifier head (num_classes=0): pass score=<callable on the "
                          "output embedding> instead of a class target")
+    if getattr(model.cfg, "head_output", "logits") == "embedding":
+        raise ValueError(f"this model outputs a {model.cfg.num_classes}-dimensional embedding (a CLIP projection), "
+                         f"not class logits: pass score=<callable on the embedding> (e.g. the cosine to a text "
+                         f"embedding) instead of a class target")
 
 
 def refuse_target_with_callable(score, target) -> None:

@@ -165,6 +165,11 @@ def load_hf_processor(name_or_path: str | PathLike, required: bool = False, **hf
         return None
 
 
+def _head_output(layout: HFLayout) -> str:
+    """CLIP's visual projection gives an embedding; every other head here is a classifier."""
+    return "embedding" if layout.family == "clip" else "logits"
+
+
 def _class_names(layout: HFLayout, cfg: ViTConfig) -> list[str] | None:
     id2label = getattr(layout.model.config, "id2label", None) or {}
     if layout.family == "clip" and layout.pooling == "token" or not cfg.num_classes:
@@ -228,6 +233,7 @@ def hooked_vit_from_hf(cls, model_or_name_or_path, *, image_processor: Any = "au
             setattr(cfg, key, prep[key])
     cfg.model_name = f"hf:{name}"
     cfg.class_names = _class_names(layout, cfg)
+    cfg.head_output = _head_output(layout)
     param = layout.patch_conv.weight
     model = cls(cfg).to(device=param.device, dtype=param.dtype)
     model.load_state_dict(state_dict_from_hf(layout, cfg), strict=True)

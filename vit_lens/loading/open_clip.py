@@ -345,6 +345,7 @@ def hooked_vit_from_open_clip(cls, model_or_name, *, pretrained=_REQUIRED, devic
     if isinstance(model_or_name, str):
         cfg.model_name = model_or_name
     apply_open_clip_preprocess(cfg, tower)
+    cfg.head_output = "embedding"  # encode_image: a CLIP embedding, never class logits
     param = next(tower.parameters())
     hooked = cls(cfg)
     hooked.load_state_dict(sd, strict=True)
