@@ -37,6 +37,7 @@ from torch import Tensor
 
 from caap.baselines.lrp_rules import diagonal_alpha1_beta0, linear_alpha1_beta0, matmul_rule, residual_add
 from caap.targets import resolve_targets
+from caap.validation import check_choice, check_int, check_method_images
 
 LAYER_SCALE_RULES = ("linear", "identity")
 _BLOCK_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "ln1.hook_normalized",
@@ -86,14 +87,11 @@ class TransformerAttribution:
     """
 
     def __init__(self, model, start_layer: int = 0, layer_scale_rule: str = "linear"):
-        n_layers = model.cfg.n_layers
-        if not isinstance(start_layer, int) or not 0 <= start_layer < n_layers:
-            raise ValueError(f"start_layer must be an int in [0, {n_layers}); got {start_layer!r}")
+        start_layer = check_int(start_layer, "start_layer", low=0, high=model.cfg.n_layers - 1)
         if getattr(model.cfg, "mlp_type", "mlp") != "mlp":
             raise ValueError(f"T-Attr's relevance rules cover the two-layer MLP (fc1, activation, fc2); this "
                              f"model has mlp_type={model.cfg.mlp_type!r} (a gated MLP), which has no rule here")
-        if layer_scale_rule not in LAYER_SCALE_RULES:
-            raise ValueError(f"layer_scale_rule must be one of {LAYER_SCALE_RULES}; got {layer_scale_rule!r}")
+        check_choice(layer_scale_rule, "layer_scale_rule", LAYER_SCALE_RULES)
         self.model, self.start_layer, self.layer_scale_rule = model, start_layer, layer_scale_rule
 
     def attribute(self, images: Float[Tensor, "batch chan height width"],
@@ -115,6 +113,7 @@ class TransformerAttribution:
         """Forward, attention gradients and relevance propagation down to ``start_layer``'s attention
         (down to ``blocks.0.hook_resid_pre`` with ``to_input=True``, which also fills ``resid_relevance``)."""
         refuse_avg_pooling(self.model, "T-Attr")
+        check_method_images(self.model, images)
         with torch.inference_mode(False), torch.enable_grad():  # also works when called under inference_mode
             return self._trace(images.detach().clone(), target, to_input)
 

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from caap.masking import DEFAULT_MEMORY_BUDGET_GB, masked_scores
 from caap.targets import prepare_inputs
+from caap.validation import check_flag, check_float, check_int
 
 
 def convex_projection(curve: np.ndarray) -> np.ndarray:
@@ -104,12 +105,17 @@ class MDA:
                  gamma: float = 0.0, max_candidates: int = 28, blur_size: int = 31, blur_sigma: float = 31.0,
                  memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB, batch_size: int | None = None,
                  progress: bool | None = None):
-        if not 0 < cutoff <= 1:
-            raise ValueError(f"cutoff must be in (0, 1]; got {cutoff!r}")
-        if not 0 <= gamma <= 1:
-            raise ValueError(f"gamma must be in [0, 1]; got {gamma!r}")
-        if not isinstance(max_candidates, int) or max_candidates < 1:
-            raise ValueError(f"max_candidates must be a positive int; got {max_candidates!r}")
+        cutoff = check_float(cutoff, "cutoff", low=0, high=1, low_open=True)
+        kappa = check_float(kappa, "kappa", low=0)
+        gamma = check_float(gamma, "gamma", low=0, high=1)
+        max_candidates = check_int(max_candidates, "max_candidates", low=1)
+        blur_size = check_int(blur_size, "blur_size")
+        if blur_size < 1 or blur_size % 2 == 0:  # the blur pads blur_size // 2 per side: even would change the size
+            raise ValueError(f"blur_size must be an odd int >= 1 (pixels); got {blur_size!r}")
+        blur_sigma = check_float(blur_sigma, "blur_sigma", low=0, low_open=True)
+        memory_budget_gb = check_float(memory_budget_gb, "memory_budget_gb", low=0, low_open=True)
+        batch_size = check_int(batch_size, "batch_size", low=1, none_ok=True)
+        progress = check_flag(progress, "progress")
         self.model, self.cutoff, self.kappa, self.gamma = model, cutoff, kappa, gamma
         n = model.cfg.n_patches
         self.n_candidates = max(1, min(2 * int(math.isqrt(n)), max_candidates))

@@ -29,6 +29,7 @@ from caap.blanks import Blank, blank_image
 from caap.baselines.base import PixelLevelMethod
 from caap.masking import DEFAULT_MEMORY_BUDGET_GB, iter_masked_scores
 from caap.targets import prepare_inputs
+from caap.validation import check_flag, check_float, check_int
 
 
 class RiseMasks:
@@ -36,12 +37,8 @@ class RiseMasks:
     Deterministic given ``seed`` (a CPU generator), whatever the chunking."""
 
     def __init__(self, n_masks: int, image_size: tuple[int, int], grid: int = 7, p_keep: float = 0.5, seed: int = 0):
-        if not isinstance(n_masks, int) or n_masks < 1:
-            raise ValueError(f"n_masks must be a positive int; got {n_masks!r}")
-        if not isinstance(grid, int) or grid < 1:
-            raise ValueError(f"grid must be a positive int (cells per side); got {grid!r}")
-        if not 0 < p_keep <= 1:
-            raise ValueError(f"p_keep must be in (0, 1]; got {p_keep!r}")
+        n_masks, grid = check_int(n_masks, "n_masks", low=1), check_int(grid, "grid (cells per side)", low=1)
+        p_keep, seed = check_float(p_keep, "p_keep", low=0, high=1, low_open=True), check_int(seed, "seed", low=0)
         self.n_masks, self.image_size, self.grid, self.p_keep = n_masks, tuple(image_size), grid, p_keep
         h, w = self.image_size
         self.cell = (math.ceil(h / grid), math.ceil(w / grid))
@@ -75,7 +72,9 @@ class RISE(PixelLevelMethod):
                  seed: int = 0, memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB, batch_size: int | None = None,
                  progress: bool | None = None):
         self.model, self.n_masks, self.grid, self.p_keep, self.seed = model, n_masks, grid, p_keep, seed
-        self.memory_budget_gb, self.batch_size, self.progress = memory_budget_gb, batch_size, progress
+        self.memory_budget_gb = check_float(memory_budget_gb, "memory_budget_gb", low=0, low_open=True)
+        self.batch_size = check_int(batch_size, "batch_size", low=1, none_ok=True)
+        self.progress = check_flag(progress, "progress")
         self.blank = blank_image(model, blank)
         RiseMasks(n_masks, model.cfg.image_size, grid, p_keep, seed)  # validate the options now
 

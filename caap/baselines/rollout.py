@@ -17,8 +17,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from caap.baselines.base import GradientMethod, GradientScore, check_batch, check_score
+from caap.baselines.base import GradientMethod, GradientScore, check_score
 from caap.targets import resolve_targets
+from caap.validation import check_choice, check_float, check_int, check_method_images
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -42,8 +43,7 @@ def _cls_row_times(matrices: list[Float[Tensor, "batch pos pos"]], n_prefix: int
 
 
 def _check_images_and_target(model, images, target) -> None:
-    model.check_images(images)
-    check_batch(images)
+    check_method_images(model, images)
     if target is not None:  # class-agnostic, but a malformed target is still refused
         resolve_targets(model, images, target)
 
@@ -65,15 +65,9 @@ class AttentionRollout:
     def __init__(self, model, head_fusion: Literal["mean", "max", "min"] = "mean", discard_ratio: float = 0.0,
                  start_layer: int = 0):
         _require_cls(model, "Attention Rollout")
-        if head_fusion not in HEAD_FUSIONS:
-            raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}; got {head_fusion!r}")
-        if not (isinstance(discard_ratio, (int, float)) and 0.0 <= discard_ratio < 1.0):
-            raise ValueError(f"discard_ratio must be a number in [0, 1); got {discard_ratio!r}")
-        n_layers = model.cfg.n_layers
-        if not (isinstance(start_layer, int) and 0 <= start_layer < n_layers):
-            raise ValueError(f"start_layer must be an int in [0, {n_layers}); got {start_layer!r}")
-        self.model, self.head_fusion = model, head_fusion
-        self.discard_ratio, self.start_layer = float(discard_ratio), start_layer
+        self.model, self.head_fusion = model, check_choice(head_fusion, "head_fusion", HEAD_FUSIONS)
+        self.discard_ratio = check_float(discard_ratio, "discard_ratio", low=0, high=1, high_open=True)
+        self.start_layer = check_int(start_layer, "start_layer", low=0, high=model.cfg.n_layers - 1)
 
     def attribute(self, images: Float[Tensor, "batch chan height width"],
                   target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:

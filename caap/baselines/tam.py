@@ -26,6 +26,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from caap.baselines.lrp import refuse_avg_pooling, targets_before_forward
+from caap.validation import check_int, check_method_images
 
 DEFAULT_START_LAYER = 4  # the authors' evaluation scripts (12-block ViT-B/16)
 
@@ -40,18 +41,16 @@ class TransitionAttentionMaps:
 
     def __init__(self, model, start_layer: int | None = None, steps: int = 20):
         n_layers = model.cfg.n_layers
+        start_layer = check_int(start_layer, "start_layer", low=0, high=n_layers - 1, none_ok=True)
         if start_layer is None:
             start_layer = min(DEFAULT_START_LAYER, n_layers - 1)
-        if not isinstance(start_layer, int) or not 0 <= start_layer < n_layers:
-            raise ValueError(f"start_layer must be an int in [0, {n_layers}) or None; got {start_layer!r}")
-        if not isinstance(steps, int) or steps < 2:
-            raise ValueError(f"steps must be an int >= 2 (alpha = linspace(0, 1, steps) must reach the image); "
-                             f"got {steps!r}")
+        steps = check_int(steps, "steps", low=2)  # alpha = linspace(0, 1, steps) must reach the image
         self.model, self.start_layer, self.steps = model, start_layer, steps
 
     def attribute(self, images: Float[Tensor, "batch chan height width"],
                   target: int | Int[Tensor, "batch"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
         refuse_avg_pooling(self.model, "TAM")
+        check_method_images(self.model, images)  # uint8 would silently become float in images * alpha
         with torch.inference_mode(False), torch.enable_grad():  # also works when called under inference_mode
             states, weights = self.state_and_weights(images.detach().clone(), target)
         return self.model.layout.to_grid((states * weights)[:, self.model.cfg.n_prefix_tokens:])
