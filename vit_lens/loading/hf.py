@@ -166,8 +166,9 @@ def load_hf_processor(name_or_path: str | PathLike, required: bool = False, **hf
 
 
 def _head_output(layout: HFLayout) -> str:
-    """CLIP's visual projection gives an embedding; every other head here is a classifier."""
-    return "embedding" if layout.family == "clip" else "logits"
+    """CLIP's visual projection (or pooled CLS) gives an embedding; every other head here, including
+    CLIPForImageClassification's (``pooling="avg"``), is a classifier."""
+    return "embedding" if layout.family == "clip" and layout.pooling == "token" else "logits"
 
 
 def _class_names(layout: HFLayout, cfg: ViTConfig) -> list[str] | None:

@@ -127,8 +127,11 @@ def test_config_reads_architecture():
     assert swiglu.mlp_type == "swiglu" and swiglu.act_fn == "silu"
     clip = HookedViT.from_hf(build("clip_quickgelu")).cfg
     assert clip.pre_norm and clip.fc_norm and not clip.final_norm and clip.act_fn == "quick_gelu"
-    assert clip.num_classes == 16 and clip.class_names is None
-    assert HookedViT.from_hf(build("clip_classifier")).cfg.pooling == "avg"
+    assert clip.num_classes == 16 and clip.class_names is None and clip.head_output == "embedding"
+    classifier = HookedViT.from_hf(build("clip_classifier")).cfg
+    assert classifier.pooling == "avg" and classifier.head_output == "logits"  # a classifier, not an embedding
+    assert HookedViT.from_hf(build("clip_model")).cfg.head_output == "embedding"
+    assert HookedViT.from_hf(build("vit")).cfg.head_output == "logits"
 
 
 def test_class_names_and_model_name():
@@ -322,3 +325,15 @@ def test_image_processor_from_a_directory(tmp_path, monkeypatch):
     assert model.transform(random_pil()).shape == (3, 32, 32)
     with pytest.raises(ValueError, match="image_processor: no image processor could be loaded"):
         HookedViT.from_hf(hf, image_processor=str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("family", ["vit", "deit", "dinov2_reg", "clip_projection"])
+def test_weight_processing_options_keep_the_output(family):
+    """TransformerLens's processing options pass through from_hf (vit_lens.processing.process_weights)."""
+    hf = build(family)
+    options = dict(fold_ln=True, center_writing_weights=True, fold_value_biases=True)
+    model = HookedViT.from_hf(hf, **options)
+    assert model.cfg.normalization_type == "LNPre"
+    x = images(model)
+    with torch.no_grad():
+        assert_close(model(x), hf_output(hf, x))
