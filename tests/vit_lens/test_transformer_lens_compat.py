@@ -283,3 +283,199 @@ def test_split_qkv_input_hooks_edit_one_head():
     assert torch.allclose(k1[:, :, [0, 2]], k0[:, :, [0, 2]], atol=1e-5)
     assert (k1[:, :, 1] - k0[:, :, 1]).abs().max() > 1e-2
     assert torch.allclose(edited["blocks.0.attn.hook_q"], cache["blocks.0.attn.hook_q"], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------- TL entry points
+def timm_resid(source, x, n_blocks):
+    """The residual stream after ``n_blocks`` blocks, by timm's own modules."""
+    with torch.no_grad():
+        t = source.norm_pre(source._pos_embed(source.patch_embed(x)))
+        for block in source.blocks[:n_blocks]:
+            t = block(t)
+    return t
+
+
+def test_stop_at_layer_returns_timm_residual_stream(family):
+    from tests.conftest import make_timm
+    from vit_lens import HookedViT
+
+    source = make_timm(family)
+    model = HookedViT.from_timm(source)
+    x = random_images(model)
+    n = model.cfg.n_layers
+    for stop in (0, 1, n, -1, -n):
+        expected = timm_resid(source, x, stop % n if stop < 0 else stop)
+        with torch.no_grad():
+            close(model(x, stop_at_layer=stop), expected)
+            out, cache = model.run_with_cache(x, stop_at_layer=stop)
+        close(out, expected)
+        last = (stop % n if stop < 0 else stop)
+        assert not any(k.startswith(f"blocks.{last}.") for k in cache.keys())
+        if last:
+            close(cache[f"blocks.{last - 1}.hook_resid_post"], expected)
+    for bad in (n + 1, -n - 1, 1.0, True):
+        with pytest.raises(ValueError, match=r"stop_at_layer must be an int in \[-3, 3\]"):
+            model(x, stop_at_layer=bad)
+
+
+def test_incl_bwd_caches_the_gradients_of_the_loss():
+    from tests.conftest import make_timm
+    from vit_lens import HookedViT
+
+    source = make_timm("deit3")
+    model = HookedViT.from_timm(source)
+    x, labels = random_images(model), torch.tensor([1, 4])
+    loss, cache = model.run_with_cache(x, return_type="loss", labels=labels, incl_bwd=True)
+    timm_loss = torch.nn.functional.cross_entropy(source(x), labels)
+    timm_loss.backward()
+    close(loss.detach(), timm_loss.detach())
+    close(model.head.weight.grad, source.head.weight.grad)  # TL leaves the parameter gradients, as here
+    resid = cache["blocks.1.hook_resid_pre"].clone().requires_grad_()
+    grad, = torch.autograd.grad(torch.nn.functional.cross_entropy(model.forward_from_resid(resid, 1), labels), resid)
+    close(cache["blocks.1.hook_resid_pre_grad"], grad)
+    assert cache["blocks.0.attn.hook_out_grad"] is cache["blocks.0.hook_attn_out_grad"]  # TL 4 name
+    with pytest.raises(ValueError, match="needs a scalar output"):
+        model.run_with_cache(x, incl_bwd=True)
+    with pytest.raises(ValueError, match="cannot be combined with stop_at_layer"):
+        model.run_with_cache(x, incl_bwd=True, stop_at_layer=1)
+    with torch.no_grad(), pytest.raises(ValueError, match="gradient tracking is off"):
+        model.run_with_cache(x, return_type="loss", labels=labels, incl_bwd=True)
+    with pytest.raises(ValueError, match=r"labels=<integer tensor \[batch=2\]"):
+        model(x, return_type="loss", labels=torch.tensor([1, 7]))
+
+
+def test_transformer_lens_logit_lens_on_images():
+    from transformer_lens.tools.analysis import logit_lens
+
+    from tests.conftest import make_timm
+    from vit_lens import HookedViT
+
+    source = make_timm("dinov2")
+    model = HookedViT.from_timm(source)
+    x = random_images(model)
+    result = logit_lens(model, x, positions=0)
+    n = model.cfg.n_layers
+    assert result.labels[-1] == "final_post" and result.values.shape == (n + 1, 2, 7)
+    with torch.no_grad():
+        for layer in range(n + 1):  # timm's norm and head on timm's CLS after `layer` blocks
+            close(result.values[layer], source.head(source.norm(timm_resid(source, x, layer))[:, 0]))
+        close(result.values[-1], source(x))
+    targets = logit_lens(model, x, positions=0, targets=[3]).rank_trajectory(3)
+    assert targets.shape == (n + 1, 2)
+    with pytest.raises(ValueError, match=r"fc_norm on the pooled features.*logit_lens\(cache, positions=None\)"):
+        avg = make_hooked("vit_avg")
+        logit_lens(avg, random_images(avg))
+
+
+def test_svd_interpreter_reads_tl_parameters_with_layer_scale():
+    from transformer_lens import SVDInterpreter
+
+    model = make_hooked("dinov2")
+    keys = set(model.state_dict())
+    svd = SVDInterpreter(model)
+    assert set(model.state_dict()) == keys and "blocks.1.attn.W_V" not in keys  # state dict untouched
+    block = model.blocks[1]
+    dh = model.cfg.d_head
+    w_v = block.attn.qkv.weight[2 * model.cfg.d_model:][dh:2 * dh].T  # head 1, timm layout
+    w_o = block.attn.proj.weight[:, dh:2 * dh].T * block.ls1.gamma
+    _, _, vh = torch.linalg.svd(w_v @ w_o)
+    expected = (model.head.weight @ vh[:4].T)[:, None]
+    got = svd.get_singular_vectors("OV", layer_index=1, head_index=1, num_vectors=4)
+    assert got.shape == (7, 1, 4)
+    close(got.abs(), expected.abs())  # singular vectors up to sign
+    w_out = block.mlp.fc2.weight.T * block.ls2.gamma
+    _, _, vh = torch.linalg.svd(w_out)
+    close(svd.get_singular_vectors("w_out", layer_index=1, num_vectors=3).abs(), (model.head.weight @ vh[:3].T)[:, None].abs())
+
+
+def test_direct_path_patching_with_tl4_hook_names():
+    from transformer_lens import patching
+
+    model = make_hooked("deit3")
+    clean, corrupted = random_images(model, 2, seed=5), random_images(model, 2, seed=6)
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean)
+        _, corrupted_cache = model.run_with_cache(corrupted)
+    metric = lambda logits: (logits[:, 1] - logits[:, 2]).mean()
+    result = patching.get_act_patch_direct_path(model, corrupted, clean_cache, corrupted_cache, metric, 0, 1,
+                                                component="k", verbose=False)
+    assert not model.cfg.use_split_qkv_input  # restored
+    z = "blocks.0.attn.hook_z"
+    delta = (clean_cache[z][:, :, 1] - corrupted_cache[z][:, :, 1]) @ model.W_O[0, 1]
+    for layer, head in ((1, 0), (2, 2)):
+        block = model.blocks[layer]
+
+        def edit_k(k, hook):  # recompute this head's keys from its own shifted input, by hand
+            k = k.clone()
+            shifted = block.ln1(corrupted_cache[f"blocks.{layer}.hook_resid_pre"] + delta)
+            k[:, :, head] = shifted @ model.W_K[layer, head] + model.b_K[layer, head]
+            return k
+
+        with torch.no_grad():
+            expected = metric(model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.attn.hook_k", edit_k)]))
+        assert result[layer, head].item() == pytest.approx(expected.item(), abs=1e-5)
+    assert result[0].abs().max() == 0 and result[1:].std() > 0
+    model.set_use_split_qkv_input(True)  # TL 4 names for the split inputs resolve everywhere
+    with torch.no_grad():
+        _, cache = model.run_with_cache(clean, names_filter=["blocks.1.attn.hook_q_input"])
+    close(cache["blocks.1.attn.hook_q_input"][:, :, 0], clean_cache["blocks.1.hook_resid_pre"])
+    model.set_use_split_qkv_input(False)
+    with pytest.raises(ValueError, match="use_split_qkv_input"):
+        model.add_hook("blocks.1.attn.hook_q_input", lambda a, hook: None)
+
+
+def tiny_many_tokens():
+    """65 tokens at 32 px: TL would sweep only 32 positions from the image width."""
+    import timm
+
+    from vit_lens import HookedViT
+
+    torch.manual_seed(0)
+    source = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, patch_size=4, depth=2,
+                               embed_dim=24, num_heads=2, num_classes=5).eval()
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return HookedViT.from_timm(source)
+
+
+def test_tl_position_sweeps_cover_every_token_or_refuse():
+    from transformer_lens import patching
+
+    from vit_lens.patching import get_act_patch_resid_pre
+
+    metric = lambda logits: (logits[:, 1] - logits[:, 2]).mean()
+    for model in (tiny_many_tokens(), make_hooked("vit")):  # width 32 < 65 tokens (silent before), 64 > 17
+        clean, corrupted = random_images(model, 2, seed=1), random_images(model, 2, seed=2)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(clean)
+        for sweep in (patching.get_act_patch_resid_pre, patching.get_act_patch_block_every,
+                      patching.get_act_patch_attn_head_pattern_dest_src_pos):
+            with pytest.raises(ValueError, match=r"model.to_tokens\(images\).*tl_index_df"):
+                sweep(model, corrupted, cache, metric)
+        tokens = model.to_tokens(corrupted)
+        with torch.no_grad():
+            assert torch.equal(model(tokens), model(corrupted))
+        tl = patching.get_act_patch_resid_pre(model, tokens, cache, metric)
+        assert tl.shape == (model.cfg.n_layers, model.cfg.n_tokens)
+        close(tl, get_act_patch_resid_pre(model, corrupted, cache, metric))
+    every = patching.get_act_patch_block_every(model, tokens, cache, metric)
+    assert every.shape == (3, model.cfg.n_layers, model.cfg.n_tokens)
+    close(every[0], tl)
+    bad = tokens.clone()
+    bad[0, 0, 0] = 1.0
+    with pytest.raises(ValueError, match="zeros at the 1 prefix positions"):
+        model(bad)
+
+
+def test_config_fields_have_their_vit_meaning():
+    from tests.conftest import make_timm
+
+    source = make_timm("dinov2")
+    cfg = make_hooked("dinov2").cfg
+    assert cfg.d_vocab == cfg.d_vocab_out == 7 and cfg.attention_dir == "bidirectional"
+    assert cfg.attn_scale == source.blocks[0].attn.scale ** -1
+    assert cfg.post_embedding_ln is False and make_hooked("clip_quickgelu").cfg.post_embedding_ln is True
+    hidden = sum(b.attn.qkv.weight.numel() + b.attn.proj.weight.numel() + b.mlp.fc1.weight.numel()
+                 + b.mlp.fc2.weight.numel() for b in source.blocks)
+    assert cfg.n_params == hidden and cfg.normalization_type == "LN" and not cfg.layer_norm_folding
