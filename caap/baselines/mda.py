@@ -19,15 +19,28 @@ The attribution is optimized for the insertion/deletion metrics themselves, in t
    ``gamma`` mixes this sparse map with a dense one (``(n − i) / n`` where ``a_i ≥ kappa``, rescaled to
    the same maximum): ``(1 − gamma) · sparse + gamma · dense``.
 
-Defaults as in the reference evaluation: segments = the model's patches (the reference uses SLIC with
-``n_segments`` = number of patches and compactness 10000, i.e. an almost regular grid), ``cutoff=0.9``,
-``kappa=0.005``, ``gamma=0`` (the map its scripts report as plain "MDA"), insertion blur = Gaussian kernel
-31 px, sigma 31 px, zero padding. Deviations, all documented choices: the prior is ``prior="tam"``
-(Transition Attention Maps; the reference orders candidates by Bi-Attn, which this library does not
-have; any registered name or callable works); the blur kernel is not enlarged until P_blur ≤ 1 %; the
-deletion curve is ``[P_x, …, P_0]`` with n + 1 points (the reference's array repeats P_x and omits
-P_0); the MAS curves are measured per patch (the reference measures them every 224 pixels and
-interpolates to n + 1 points).
+Defaults as in the reference evaluation (``MDA_results/evaluations/MDATest.py``): ``cutoff=0.9``,
+``kappa=0.005``, ``gamma=0`` (the map its scripts report as plain "MDA") and the reference's insertion
+blur, ``gkern(31, 31)`` of ``util/test_methods/MASTestFunctions.py``: a unit impulse at the centre of a
+31×31 array smoothed by ``scipy.ndimage.gaussian_filter`` with sigma 31 (reflecting boundary, truncated at
+4 sigma), which folds the wide Gaussian back into the array: nearly a flat 31×31 box (largest/smallest
+weight 1.0002, sum 1), applied per channel with zero padding (:func:`reference_blur`; ``blur_size`` and
+``blur_sigma`` are its two arguments).
+
+What still differs from the reference, and why:
+
+* Prior: ``prior="tam"`` (Transition Attention Maps); the reference orders candidates by Bi-Attn, which
+  this library does not have (any registered name or callable works).
+* Segments: the model's patches; the reference runs SLIC with ``n_segments`` = number of patches and
+  compactness 10000, an almost regular grid whose cells need not fall on the patch borders. Patches make
+  the map the model's own token grid and need no segmentation dependency.
+* Blur size per image: the reference's script enlarges kernel and sigma by 2 until ``P_blur ≤ 1 %`` (up
+  to 101, dropping images that never get there), which selects its evaluation images; here the blur is a
+  fixed setting so every image gets a map under the same settings.
+* Target: any class (``target``); the reference always explains the predicted class (``target=None``).
+* Curves: the deletion curve is ``[P_x, …, P_0]`` with n + 1 points (the reference's array repeats P_x
+  and omits P_0); the MAS curves are measured per patch (the reference measures them every 224 pixels and
+  interpolates to n + 1 points), which is exact for a patch-level map and cheaper.
 
 Cost per image: about ``L·c + (n − L)·c`` forwards for the greedy search (L = patches revealed before the
 cutoff; at most ``n·c``, e.g. ≈ 7,000 for a 16×16 grid), plus ``L + 2n`` for the curves, plus the prior.
@@ -86,12 +99,26 @@ def magnitudes(curve: np.ndarray, patch_pixels: int) -> np.ndarray:
     return delta / patch_pixels + delta * (n - rank) / n
 
 
-def gaussian_blur(images: Float[Tensor, "b c h w"], size: int = 31, sigma: float = 31.0) -> Float[Tensor, "b c h w"]:
-    """Per-channel Gaussian blur with zero padding (the reference's ``conv2d(x, kern, padding=klen // 2)``)."""
-    x = torch.arange(size, dtype=torch.float64) - size // 2
-    k1 = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    kernel = (k1[:, None] * k1[None, :])
-    kernel = (kernel / kernel.sum()).to(images.dtype).to(images.device)
+def reference_kernel_1d(size: int, sigma: float) -> Float[Tensor, "size"]:
+    """One axis of the reference's ``gkern(size, sigma)``: ``scipy.ndimage.gaussian_filter`` of a unit
+    impulse at ``size // 2`` (mode ``"reflect"``, truncate 4). Output ``i`` collects the normalized Gaussian
+    weights ``w_t ∝ exp(−t² / 2σ²)``, ``|t| ≤ ⌊4σ + 0.5⌋``, of every offset ``t`` whose half-sample reflection
+    of ``i + t`` (period ``2·size``) lands on the impulse. Float64."""
+    radius = int(4 * sigma + 0.5)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    w = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    w = w / w.sum()
+    m = (torch.arange(size)[:, None] + torch.arange(-radius, radius + 1)[None, :]) % (2 * size)
+    source = torch.where(m < size, m, 2 * size - 1 - m)  # ... c b a | a b c ... c | c b a ...
+    return torch.where(source == size // 2, w, 0.0).sum(1)
+
+
+def reference_blur(images: Float[Tensor, "b c h w"], size: int = 31, sigma: float = 31.0) -> Float[Tensor, "b c h w"]:
+    """The reference's insertion blur: each channel correlated with ``gkern(size, sigma)`` (the outer
+    product of :func:`reference_kernel_1d`; no renormalization) with zero padding ``size // 2``, as its
+    ``conv2d(x, kern, padding=klen // 2)``. ``size`` must be odd to keep the image size."""
+    k1 = reference_kernel_1d(size, sigma)
+    kernel = (k1[:, None] * k1[None, :]).to(images.dtype).to(images.device)
     c = images.shape[1]
     return F.conv2d(images, kernel.expand(c, 1, size, size), padding=size // 2, groups=c)
 
@@ -187,7 +214,7 @@ class MDA:
     def _one(self, image, target, prior) -> Float[Tensor, "grid_h grid_w"]:
         n = self.model.cfg.n_patches
         zero = torch.zeros_like(image)
-        blurred = gaussian_blur(image[None], self.blur_size, self.blur_sigma)[0]
+        blurred = reference_blur(image[None], self.blur_size, self.blur_sigma)[0]
         p_x, p_blur = self._scores(image, blurred, [list(range(n)), []], target).tolist()
         p_zero = float(self._scores(image, zero, [[]], target)[0])
         high_first = torch.argsort(prior, descending=True, stable=True).tolist()

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from scipy.optimize import LinearConstraint, minimize
 
-from caap.baselines.mda import MDA, convex_projection, gaussian_blur
+from caap.baselines.mda import MDA, convex_projection, reference_blur, reference_kernel_1d
 from tests.caap.baselines.toy import one_patch_setup
 from tests.conftest import make_hooked, random_images
 
@@ -29,6 +29,40 @@ def test_convex_projection_matches_another_solver():
         assert ((y - r) ** 2).sum() <= ((slow - r) ** 2).sum() + 1e-9
         assert np.all(np.diff(y, 2) >= -1e-9) and y[0] == r[0] and abs(y[-1] - r[-1]) < 1e-9
         assert ((y - r) ** 2).sum() <= ((np.linspace(r[0], r[-1], len(r)) - r) ** 2).sum() + 1e-12
+
+
+def gkern(size, sigma):
+    """The reference's kernel as its MASTestFunctions.gkern defines it: scipy's Gaussian filter of a
+    centred unit impulse."""
+    from scipy.ndimage import gaussian_filter
+
+    impulse = np.zeros((size, size))
+    impulse[size // 2, size // 2] = 1.0
+    return gaussian_filter(impulse, sigma)
+
+
+def test_blur_kernel_is_the_references_gkern():
+    for size, sigma in [(31, 31.0), (5, 2.0), (7, 0.8), (33, 33.0), (101, 101.0), (9, 40.0)]:
+        k1 = reference_kernel_1d(size, sigma).numpy()
+        assert np.abs(np.outer(k1, k1) - gkern(size, sigma)).max() <= 1e-15, (size, sigma)
+    k = gkern(31, 31.0)
+    assert k.max() / k.min() < 1.001 and abs(k.sum() - 1) < 1e-12  # nearly a flat box, not a Gaussian
+    x = np.arange(31) - 15.0
+    plain = np.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / (2 * 31.0 ** 2))  # what the blur used to be
+    assert np.abs(plain / plain.sum() - k).max() > 1e-4
+
+
+def test_blur_is_a_zero_padded_per_channel_correlation_with_gkern():
+    from scipy.ndimage import correlate
+
+    images = torch.randn(2, 3, 20, 24, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for size, sigma in [(31, 31.0), (7, 1.5)]:
+        got = reference_blur(images, size, sigma)
+        expected = np.stack([np.stack([correlate(images[b, c].numpy(), gkern(size, sigma), mode="constant", cval=0.0)
+                                       for c in range(3)]) for b in range(2)])
+        assert got.shape == images.shape
+        assert np.abs(got.numpy() - expected).max() <= 1e-12
+    assert reference_blur(images.float(), 31, 31.0).dtype == torch.float32
 
 
 def probability(model, x, t):
@@ -58,7 +92,7 @@ def test_greedy_steps_match_a_loop_and_the_objective_improves_on_the_prior():
     result = mda.attribute(image, t)
     hist = mda.last_history[0]
     # phase 1a by hand: best of the first 8 unrevealed prior-ranked patches, on the blurred image
-    blurred = gaussian_blur(image)[0]
+    blurred = reference_blur(image)[0]  # the default blur_size=31, blur_sigma=31
     ranking = torch.argsort(prior.flatten(), descending=True, stable=True).tolist()
     chosen = []
     for step, patch in enumerate(hist["inserted"]):
