@@ -3,14 +3,21 @@
 Saliency of pixel λ = E[P(class | I ⊙ M) | M(λ) = 1], estimated with N random masks as
 ``Σ_i P(class | I ⊙ M_i) · M_i / (N · p)`` (the normalization of the reference code eclique/RISE).
 Each mask is an s×s grid of independent Bernoulli(p) cells, upsampled bilinearly to
-``(s + 1) · ceil(H / s)`` pixels and cropped at a random shift in ``[0, ceil(H / s))`` per axis.
+``(s + 1) · ceil(H / s)`` pixels and cropped at a random shift in ``[0, ceil(H / s))`` per axis. The
+upsampling is the reference's ``skimage.transform.resize(grid, up_size, order=1, mode="reflect",
+anti_aliasing=False)`` written in torch (:func:`reflect_bilinear_matrix`): pixel centres map to
+``(o + 0.5) · s / up − 0.5`` in cell units, and the half cell beyond the border reflects without repeating
+the edge cell (``c b | a b c | b a``), so a border pixel mixes the edge cell with its inner neighbour.
 
 Defaults: N = 4000, s = 7, p = 0.5 (the commonly used RISE setting, e.g. xplique's defaults; the
 reference notebooks use N = 2000, s = 8, p = 0.5 (Keras) and N = 6000, s = 8, p = 0.1 (PyTorch); the
 paper's own values could not be checked here), masked pixels take the dataset mean colour
-(``blank="mean"``, i.e. 0 after normalization: the reference multiplies the normalized input by the mask). Deviation: the upsampling clamps at the border (torch's bilinear, ``align_corners=False``) where
-the reference uses scikit-image's ``mode="reflect"``; this only changes the outermost half cell of the
-upsampled grid, most of which the random crop discards.
+(``blank="mean"``, i.e. 0 after normalization: the reference multiplies the normalized input by the mask).
+What still differs from the reference, and why: the cells and shifts are drawn from a seeded torch
+generator (``seed``, reproducible whatever the chunking; the reference draws them from numpy's global
+state), so reproducing one of its runs takes its draws (set ``RiseMasks.cells`` and ``.shifts``); masks are
+computed in float64 and cast to the model's dtype chunk by chunk instead of stored as an N·H·W array
+(the reference: float32 values, same up to rounding); ``blank`` offers fills other than the mean colour.
 
 Cost: N forwards per image (+1 per batch when the target is the predicted class). Masks are generated
 chunk by chunk from N·s² random bits and N shifts, never all at full resolution.
@@ -20,7 +27,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -30,6 +36,30 @@ from caap.baselines.base import PixelLevelMethod
 from caap.masking import DEFAULT_MEMORY_BUDGET_GB, iter_masked_scores
 from caap.targets import prepare_inputs
 from caap.validation import check_flag, check_float, check_int
+
+
+def reflect_bilinear_matrix(n_in: int, n_out: int) -> Float[Tensor, "n_out n_in"]:
+    """Linear interpolation from ``n_in`` cells to ``n_out`` pixels as scikit-image's ``resize(order=1,
+    mode="reflect")`` does it (scipy's ``zoom(grid_mode=True, mode="mirror")``): output ``o`` sits at
+    ``x = (o + 0.5) · n_in / n_out − 0.5``; it takes ``1 − f`` of cell ``⌊x⌋`` and ``f = x − ⌊x⌋`` of the next,
+    indices outside ``[0, n_in)`` reflected about the edge cells' centres. Float64."""
+    x = (torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5
+    lo = torch.floor(x)
+    frac = x - lo
+    lo = lo.long()
+
+    def mirror(i: Tensor) -> Tensor:
+        if n_in == 1:
+            return torch.zeros_like(i)
+        period = 2 * (n_in - 1)
+        i = i.abs() % period
+        return torch.where(i < n_in, i, period - i)
+
+    matrix = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    matrix.index_put_((rows, mirror(lo)), 1 - frac, accumulate=True)
+    matrix.index_put_((rows, mirror(lo + 1)), frac, accumulate=True)
+    return matrix
 
 
 class RiseMasks:
@@ -47,6 +77,8 @@ class RiseMasks:
         self.cells = torch.rand(n_masks, 1, grid, grid, generator=g) < p_keep  # [N, 1, s, s]
         self.shifts = torch.stack([torch.randint(0, self.cell[0], (n_masks,), generator=g),
                                    torch.randint(0, self.cell[1], (n_masks,), generator=g)], 1)  # [N, 2]
+        self.rows = reflect_bilinear_matrix(grid, self.up_size[0])  # [up_h, s]
+        self.cols = reflect_bilinear_matrix(grid, self.up_size[1])  # [up_w, s]
 
     def __len__(self) -> int:
         return self.n_masks
@@ -55,12 +87,11 @@ class RiseMasks:
         if not 0 <= lo <= hi <= self.n_masks:
             raise ValueError(f"mask range must satisfy 0 <= lo <= hi <= {self.n_masks}; got ({lo}, {hi})")
         h, w = self.image_size
-        up = F.interpolate(self.cells[lo:hi].to(device, dtype), size=self.up_size, mode="bilinear", align_corners=False)
-        shifts = self.shifts[lo:hi].to(up.device)
-        rows = (shifts[:, 0, None] + torch.arange(h, device=up.device))[:, :, None]  # [n, h, 1]
-        cols = (shifts[:, 1, None] + torch.arange(w, device=up.device))[:, None, :]  # [n, 1, w]
-        n = torch.arange(hi - lo, device=up.device)[:, None, None]
-        return up[:, 0][n, rows, cols][:, None]
+        shifts = self.shifts[lo:hi]
+        rows = self.rows[shifts[:, 0, None] + torch.arange(h)]  # [n, h, s]: the cropped rows' weights
+        cols = self.cols[shifts[:, 1, None] + torch.arange(w)]  # [n, w, s]
+        masks = torch.einsum("nhs,nst,nwt->nhw", rows, self.cells[lo:hi, 0].double(), cols)  # float64 on CPU
+        return masks[:, None].to(device, dtype)
 
 
 class RISE(PixelLevelMethod):
