@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from caap.blanks import Blank, blank_context
 from caap.selection import Selection, all_neighbourhoods
-from caap.targets import check_score, refuse_target_with_callable, resolve_targets
+from caap.targets import READOUTS, check_score, refuse_target_with_callable, resolve_targets
 from vit_lens.patching import ENGINES, ClassScore, Intervention, cache_context, run_patching
 from vit_lens.validation import check_int, check_positive_real
 
@@ -97,10 +97,12 @@ class CAAP:
     For patch ``i`` the source activations at ``S(p_i)`` are inserted into the blank context over blocks
     ``layers`` (default ``0..ceil(2L/3)``); CLS (and later ``S(p_i)``) are recomputed and the class score
     read. ``engine``: ``"parallel"`` (exact multi-CLS), ``"loop"`` (reference) or ``"efficient"``
-    (E-CAAP). ``score``: ``"logit"``, ``"prob"`` or a callable on the output ``[batch, K, n_out]``
-    returning ``[batch, K]``. ``model``: a HookedViT, or a timm VisionTransformer, which is ported once with
-    ``HookedViT.from_timm`` (``caap.model`` is the port). ``radius`` is capped at the grid size (same sets,
-    bounded cost). Every option is checked here: one error naming the parameter and what is allowed.
+    (E-CAAP). ``score``: a class readout by name, ``"logit"`` (the paper), ``"prob"``, ``"logit-diff"``
+    (target logit minus the mean of the others), ``"logit-margin"`` (minus the highest other logit of the same
+    forward) or ``"log-prob"`` (formulas: :mod:`vit_lens.patching.readouts`), or a callable on the output
+    ``[batch, K, n_out]`` returning ``[batch, K]``. ``model``: a HookedViT, or a timm VisionTransformer, which
+    is ported once with ``HookedViT.from_timm`` (``caap.model`` is the port). ``radius`` is capped at the grid
+    size (same sets, bounded cost). Every option is checked here: one error naming the parameter and what is allowed.
     """
 
     def __init__(self, model, *, layers=None, selection: Selection = "box", radius: int = 1,
@@ -110,7 +112,7 @@ class CAAP:
         model = as_hooked_vit(model)
         if not isinstance(engine, str) or engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}; got {engine!r}")
-        check_score(score, "the output [batch, K, n_out] to [batch, K]")
+        check_score(score, "the output [batch, K, n_out] to [batch, K]", READOUTS)
         batch_size = check_int(batch_size, "batch_size", minimum=1)
         chunk_size = None if chunk_size is None else check_int(chunk_size, "chunk_size", minimum=1)
         memory_budget_gb = check_positive_real(memory_budget_gb, "memory_budget_gb")

@@ -23,6 +23,10 @@ _BUILTINS: dict[str, tuple[str, dict[str, Any]]] = {
     "caap": ("caap.caap:CAAP", {}),
     "e-caap": ("caap.caap:CAAP", {"engine": "efficient"}),
     "e-caap-eq9": ("caap.caap:CAAP", {"engine": "efficient", "frozen_attention": importlib.import_module("vit_lens.patching.uniform_frozen_attention").UniformFrozenAttention()}),  # noqa: E501  App. B.1 Eqs. 8-9
+    # CAAP with a contrastive / log readout (formulas: vit_lens.patching.readouts; issue 24)
+    "caap-logit-diff": ("caap.caap:CAAP", {"score": "logit-diff"}),
+    "caap-margin": ("caap.caap:CAAP", {"score": "logit-margin"}),
+    "caap-logprob": ("caap.caap:CAAP", {"score": "log-prob"}),
     "caap-cnn": ("caap.cnn:CNNCAAP", {}),
     "grad-cam": ("caap.baselines.gradcam:GradCAM", {}),
     "simple-insertion": ("caap.baselines.input_perturbation:SimpleInsertion", {}),

@@ -8,6 +8,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from caap.validation import check_method_images
+from vit_lens.patching.readouts import KINDS
 
 ALLOWED = "None (the predicted class), an int class index, or one int class index per image"
 
@@ -33,13 +34,17 @@ def _as_class_tensor(target) -> Tensor:
 
 
 SCORES = ("logit", "prob")
+# CAAP's class readouts by name (formulas: vit_lens.patching.readouts): every patching engine reads them the
+# same way. The other methods take SCORES only (their own readouts know no other name).
+READOUTS = KINDS
 
 
-def check_score(score, callable_maps: str):
-    """``score`` is ``"logit"``, ``"prob"`` or a callable (``callable_maps`` says its shapes, for the message)."""
-    if callable(score) or (isinstance(score, str) and score in SCORES):
+def check_score(score, callable_maps: str, allowed: tuple[str, ...] = SCORES):
+    """``score`` is one of ``allowed`` (default ``"logit"``, ``"prob"``) or a callable (``callable_maps`` says
+    its shapes, for the message)."""
+    if callable(score) or (isinstance(score, str) and score in allowed):
         return score
-    raise ValueError(f"score must be one of {SCORES} or a callable mapping {callable_maps}; got {score!r}")
+    raise ValueError(f"score must be one of {allowed} or a callable mapping {callable_maps}; got {score!r}")
 
 
 def require_classifier(model) -> None:
