@@ -81,12 +81,15 @@ def targets_before_forward(model, images: Tensor, target) -> Tensor | None:
 class TransformerAttribution:
     """T-Attr (Chefer et al., CVPR 2021): LRP relevance of the attention times its gradient, rolled out.
 
-    Options: ``start_layer`` (first block of the rollout, default 0 as in the authors' code),
+    Options: ``start_layer`` (first block of the rollout, default 1: the authors' evaluation scripts,
+    ``baselines/ViT/generate_visualizations.py`` (perturbation tests) and ``imagenet_seg_eval.py``
+    (segmentation), call ``generate_LRP(..., start_layer=1)``; their demo notebook
+    ``Transformer_explainability.ipynb`` uses the library default 0; a one-block model needs 0),
     ``layer_scale_rule`` (``"linear"`` default, or ``"identity"``; see the module docstring).
     Cost: 1 forward, 1 backward, and a relevance pass of about 4 forwards per batch.
     """
 
-    def __init__(self, model, start_layer: int = 0, layer_scale_rule: str = "linear"):
+    def __init__(self, model, start_layer: int = 1, layer_scale_rule: str = "linear"):
         start_layer = check_int(start_layer, "start_layer", low=0, high=model.cfg.n_layers - 1)
         if getattr(model.cfg, "mlp_type", "mlp") != "mlp":
             raise ValueError(f"T-Attr's relevance rules cover the two-layer MLP (fc1, activation, fc2); this "

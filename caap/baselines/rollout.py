@@ -58,12 +58,16 @@ class AttentionRollout:
     one, and multiply over the blocks (later blocks on the left). The map is the CLS row over the patch
     columns. Class-agnostic: ``target`` is validated and ignored.
 
-    Defaults: ``head_fusion="mean"``, ``discard_ratio=0.0``, ``start_layer=0`` (the paper's rollout).
+    Defaults: ``head_fusion="mean"``, ``discard_ratio=0.0``, ``start_layer=1``. The start layer follows the
+    evaluation scripts of the benchmark that made rollout a ViT baseline, hila-chefer/Transformer-Explainability
+    (``baselines/ViT/generate_visualizations.py`` and ``imagenet_seg_eval.py`` call ``generate_rollout(...,
+    start_layer=1)``, i.e. block 0 is left out; their library default and the paper's rollout use 0, pass
+    ``start_layer=0`` for that). A one-block model needs ``start_layer=0``.
     Cost: one forward (explicit-softmax attention path), no backward.
     """
 
     def __init__(self, model, head_fusion: Literal["mean", "max", "min"] = "mean", discard_ratio: float = 0.0,
-                 start_layer: int = 0):
+                 start_layer: int = 1):
         _require_cls(model, "Attention Rollout")
         self.model, self.head_fusion = model, check_choice(head_fusion, "head_fusion", HEAD_FUSIONS)
         self.discard_ratio = check_float(discard_ratio, "discard_ratio", low=0, high=1, high_open=True)
@@ -115,6 +119,9 @@ class GAE(GradientMethod):
     class logit; ``R = I``, then ``R <- R + Abar @ R`` over the blocks in order. The map is the CLS row of
     ``R`` over the patch columns. The paper has no options; ``score`` (default the class logit, as the
     authors' one-hot product) also takes ``"prob"`` or a callable on the output ``[batch, n_out] -> [batch]``.
+    Settings: the authors publish no ViT evaluation script for GAE (their repository evaluates it on
+    VisualBERT, LXMERT and DETR); this follows their ViT notebook (``Transformer_MM_explainability_ViT.ipynb``:
+    every block, the target logit), which has nothing else to choose.
 
     Cost: one forward (explicit-softmax attention path) and one backward per batch.
     """

@@ -9,11 +9,14 @@ integrated gradient of the target logit w.r.t. the last block's attention,
 ``linspace(0, 1, steps)`` (the zero baseline in normalized pixel space, both ends included, plain mean);
 the map is ``s * W`` over the patch columns (register columns dropped).
 
-Follows XianrenYty/Transition_Attention_Maps (``baselines/ViT/interpret_methods.py``,
-``transition_attention_maps`` with its evaluation defaults ``start_layer=4``, ``steps=20``,
-``with_integral=True``, ``first_state=False``). Here ``start_layer`` is 0-based like theirs; ``None`` means
-4, or the last block for models with at most 4 blocks. ``global_pool="avg"`` is refused (the chain
-starts from the CLS row).
+Follows XianrenYty/Transition_Attention_Maps (``transition_attention_maps`` with ``steps=20``,
+``with_integral=True``, ``first_state=False``; ``start_layer`` 0-based like theirs). Default
+``start_layer=0``, as in the authors' deletion/insertion evaluation (``baselines/ViT/del_ins.py``, whose
+own ``transition_attention_maps`` defaults to 0 and is called without it), the protocol ``caap bench``
+runs. Their library and demo code (``interpret_methods.py``) default to 4, as do their segmentation,
+energy-pointing-game and positive/negative-perturbation scripts (``imagenet_seg_eval.py``,
+``energy_point_game.py``, ``generate_visualizations.py``); pass ``start_layer=4`` for those.
+``global_pool="avg"`` is refused (the chain starts from the CLS row).
 
 Cost per batch: ``steps`` forwards (the ``alpha = 1`` one also caches the attention of every block) and
 ``steps`` backwards through the last block and the head only (the blocks below run without a graph):
@@ -28,22 +31,17 @@ from torch import Tensor
 from caap.baselines.lrp import refuse_avg_pooling, targets_before_forward
 from caap.validation import check_int, check_method_images
 
-DEFAULT_START_LAYER = 4  # the authors' evaluation scripts (12-block ViT-B/16)
-
 
 class TransitionAttentionMaps:
     """TAM: the CLS Markov-chain state over the attention, weighted by the integrated attention gradient.
 
-    Options: ``start_layer`` (None -> 4, or the last block if the model has at most 4 blocks),
+    Options: ``start_layer`` (lowest block of the chain, default 0 as in the authors' ``del_ins.py``),
     ``steps`` (integration points, default 20, at least 2). Cost: ``steps`` forwards and ``steps``
     last-block backwards per batch.
     """
 
-    def __init__(self, model, start_layer: int | None = None, steps: int = 20):
-        n_layers = model.cfg.n_layers
-        start_layer = check_int(start_layer, "start_layer", low=0, high=n_layers - 1, none_ok=True)
-        if start_layer is None:
-            start_layer = min(DEFAULT_START_LAYER, n_layers - 1)
+    def __init__(self, model, start_layer: int = 0, steps: int = 20):
+        start_layer = check_int(start_layer, "start_layer", low=0, high=model.cfg.n_layers - 1)
         steps = check_int(steps, "steps", low=2)  # alpha = linspace(0, 1, steps) must reach the image
         self.model, self.start_layer, self.steps = model, start_layer, steps
 

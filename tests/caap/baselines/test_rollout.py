@@ -46,6 +46,20 @@ def test_rollout_matches_full_matrix_product(family, fusion, discard, start):
     assert rel_err(got.flatten(1), expected) <= 1e-5
 
 
+def test_default_start_layer_is_1_as_in_the_authors_evaluation_scripts():
+    """Transformer-Explainability's generate_visualizations.py and imagenet_seg_eval.py run rollout with
+    start_layer=1: the default map is the product from block 1 on, not the paper's from block 0."""
+    tm, model = float64_pair("vit")
+    images = random_images(model, 2).double()
+    with torch.no_grad():
+        run = manual_forward(tm, images)
+    method = get_method("rollout", model)
+    assert method.start_layer == 1 and AttentionRollout(model).start_layer == 1
+    got = method.attribute(images).flatten(1)
+    assert rel_err(got, slow_rollout(run.patterns, model.cfg.n_prefix_tokens, start=1)) <= 1e-10
+    assert rel_err(got, slow_rollout(run.patterns, model.cfg.n_prefix_tokens, start=0)) > 1e-3  # it matters
+
+
 @pytest.mark.parametrize("fusion,discard", [("mean", 0.0), ("max", 0.4), ("min", 0.2)])
 def test_rollout_layer_matrices_and_joint_rows_sum_to_one(fusion, discard):
     model = make_hooked("dinov2_reg")

@@ -4,6 +4,7 @@ gradient read by tensor hooks, and the chain written as ``s <- s (A + I)`` with 
 import pytest
 import torch
 
+from caap import get_method
 from caap.baselines.tam import TransitionAttentionMaps
 from tests.caap.baselines.attention_toy import attention_toy, informative_target
 from tests.caap.baselines.manual_vit import check_every_family
@@ -59,7 +60,9 @@ def test_defaults_predicted_class_batching_float32():
     model = make_hooked("dinov2_reg")
     images = random_images(model, batch=3)
     method = TransitionAttentionMaps(model, steps=4)
-    assert method.start_layer == 2  # min(4, n_layers - 1) on a 3-block model
+    # default 0, as the authors' deletion/insertion evaluation (del_ins.py) runs it; it was 4 (their
+    # interpret_methods.py default, clipped to the last block here), which no longer holds
+    assert method.start_layer == 0 and get_method("tam", model).start_layer == 0
     out = method.attribute(images)
     assert out.dtype == torch.float32 and out.shape == (3, *model.cfg.grid_size)
     predicted = model(images).argmax(-1)
@@ -67,6 +70,18 @@ def test_defaults_predicted_class_batching_float32():
     torch.testing.assert_close(out[2:], method.attribute(images[2:], int(predicted[2])))
     assert TransitionAttentionMaps(make_hooked("vit"), steps=4).steps == 4
     assert TransitionAttentionMaps(make_hooked("vit")).steps == 20
+
+
+def test_default_is_the_chain_from_block_0():
+    timm_model = make_timm("vit").double()
+    model = HookedViT.from_timm(timm_model)
+    images = random_images(model, batch=2).double()
+    targets = torch.tensor([3, 0])
+    ours = TransitionAttentionMaps(model, steps=3).attribute(images, targets)
+    ref = model.layout.to_grid(reference_tam(timm_model, images, targets, 0, 3))
+    assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max()
+    later = model.layout.to_grid(reference_tam(timm_model, images, targets, 2, 3))
+    assert (ours - later).abs().max() > 1e-3 * ref.abs().max()  # the start layer changes the map
 
 
 def test_refusals():
