@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from caap import cli
+from caap import cli, cli_models
 from caap.cli import main
 from tests.conftest import FAMILIES, make_timm
 
@@ -28,7 +28,7 @@ def isolated_hub(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "unset")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", hub_constants.HF_HUB_OFFLINE)
-    monkeypatch.setattr(cli, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(cli_models, "hub_reachable", lambda *a, **k: False)
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def no_model_load(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the model must not be loaded for this error")
 
-    monkeypatch.setattr(cli, "load_model", forbidden)
+    monkeypatch.setattr(cli_models, "load_model", forbidden)
     monkeypatch.setattr(timm, "create_model", forbidden)
 
 
@@ -127,7 +127,7 @@ def test_offline_known_model_fails_fast_without_network(cache_check, checkpoint,
     real_create = timm.create_model
     monkeypatch.setattr(timm, "create_model", lambda *a, **k: built.append(a) or real_create(*a, **k))
     if not cache_check:
-        monkeypatch.setattr(cli, "weights_in_cache", lambda name: None)
+        monkeypatch.setattr(cli_models, "weights_in_cache", lambda name: None)
     start = time.perf_counter()
     code, _, err = run(["explain", image, "--model", "vit_tiny_patch16_224"], capsys)
     elapsed = time.perf_counter() - start

@@ -3,7 +3,7 @@ import timm
 import torch
 from PIL import Image
 
-from caap import cli
+from caap import cli, cli_models
 from caap.cli import main
 from caap.plot import compare, overlay, to_display
 from tests.conftest import make_hooked
@@ -23,7 +23,7 @@ def test_explain_offline_with_local_weights(checkpoint, tmp_path, capsys):
 
 def test_explain_reports_missing_download_in_one_line(checkpoint, monkeypatch, capsys):
     _, image = checkpoint
-    monkeypatch.setattr(cli, "hub_reachable", lambda *a, **k: True)  # the download itself fails
+    monkeypatch.setattr(cli_models, "hub_reachable", lambda *a, **k: True)  # the download itself fails
 
     def offline(*args, **kwargs):
         raise OSError("hub unreachable")

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from analysis.cli import main
-from caap import cli
+from caap import cli, cli_models
 
 transformers = pytest.importorskip("transformers")
 open_clip = pytest.importorskip("open_clip")
@@ -18,7 +18,7 @@ open_clip = pytest.importorskip("open_clip")
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(cli, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(cli_models, "hub_reachable", lambda *a, **k: False)
 
 
 @pytest.fixture(scope="module")
