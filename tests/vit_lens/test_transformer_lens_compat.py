@@ -479,3 +479,13 @@ def test_config_fields_have_their_vit_meaning():
     hidden = sum(b.attn.qkv.weight.numel() + b.attn.proj.weight.numel() + b.mlp.fc1.weight.numel()
                  + b.mlp.fc2.weight.numel() for b in source.blocks)
     assert cfg.n_params == hidden and cfg.normalization_type == "LN" and not cfg.layer_norm_folding
+
+
+def test_logit_readout_of_loose_vectors_is_refused_under_pooled_final_norm():
+    """TL's logit_readout stacks vectors as rows of one sequence; fc_norm's pooled statistics would mix them."""
+    from transformer_lens.tools.analysis.logit_lens import logit_readout
+
+    model, _, _, cache = run("vit_avg")
+    with pytest.raises(ValueError, match="needs whole residual streams"):
+        logit_readout(model, cache["blocks.1.hook_resid_pre"][:, 3])
+    assert logit_readout(model, cache["blocks.1.hook_resid_pre"][:, 3], apply_ln=False).values.shape == (2, 7)

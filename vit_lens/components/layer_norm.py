@@ -103,5 +103,12 @@ class PooledFinalNorm(nn.Module):
         return (var + self.fc_norm.eps).sqrt()[:, None]
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        model = getattr(self.pool, "__self__", None)
+        n_tokens = model.cfg.n_tokens if model is not None else None
+        if n_tokens is not None and (x.ndim != 3 or x.shape[1] != n_tokens):
+            raise ValueError(f"ln_final of this model normalizes each position by the statistics of the pooled vector "
+                             f"(fc_norm on the pooled features), so it needs whole residual streams [batch, {n_tokens}, "
+                             f"d_model]; got shape {tuple(x.shape)} (rows of separate vectors cannot be normalized "
+                             f"this way: pool first, then apply model.fc_norm)")
         centred = x - x.mean(-1, keepdim=True)
         return centred / self.pooled_scale(x) * self.fc_norm.w + self.fc_norm.b

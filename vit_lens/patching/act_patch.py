@@ -9,8 +9,9 @@ registers) included, as in TL.
 (``metric_mode="tl"``); ``metric_mode="batched"`` takes logits ``[n, batch, n_out]`` of n patched runs
 -> ``[n]`` (one call per chunk).
 
-TL's own sweeps take the position axis from ``corrupted_tokens.shape[-1]`` (the image width for images):
-pass them an explicit ``index_df`` (:func:`tl_index_df`), or use the sweeps here.
+TL's own sweeps take the position axis from ``corrupted_tokens.shape[-1]``: pass them
+``model.to_tokens(images)`` (pixel tokens, last axis = the ``n_tokens`` positions), an explicit ``index_df``
+(:func:`tl_index_df`), or use the sweeps here. Given images (last axis = the width), HookedViT refuses them.
 """
 from __future__ import annotations
 
@@ -152,7 +153,8 @@ def get_act_patch_attn_head_out_all_pos(model, corrupted_images: Float[Tensor, "
 def tl_index_df(model, axis_names: Sequence[str] = ("layer", "pos")):
     """Every combination of ``axis_names`` as the ``index_df`` of ``transformer_lens.patching
     .generic_activation_patch``, with ``pos``/``src_pos``/``dest_pos`` over all ``n_tokens`` residual positions
-    (TL would take the image width). TL then returns one value per row: ``.view(n_layers, n_tokens)``."""
+    (TL would take the input's last dimension). TL then returns one value per row: ``.view(n_layers, n_tokens)``.
+    Passing ``model.to_tokens(images)`` as TL's input does the same without an ``index_df``."""
     import itertools
 
     import pandas as pd
