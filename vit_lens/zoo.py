@@ -19,6 +19,11 @@ another tag of the same architecture):
   tokens; ``head_layers=4`` (default, as the official hub) concatenates the CLS tokens of the last four
   blocks), preprocessing as the official linear evaluation (resize 256, centre crop 224, bicubic).
 * CNNs: timm's ``tv_in1k`` tags, i.e. the torchvision weights.
+
+``source="hf"`` (DINOv2 only) loads Meta's own HuggingFace checkpoints ``facebook/dinov2-<size>-imagenet1k-1-layer``
+(backbone + the official one-layer linear head) through :meth:`HookedViT.from_hf`: transformers interpolates the
+37x37 position embedding as the official hub does (bicubic, no antialiasing), so these logits follow ``torch.hub``
+more closely than timm's resampled embedding. Only the one-layer head exists there.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ class PaperModel:
     create_kwargs: dict[str, Any] = field(default_factory=dict)
     data_config: dict[str, Any] = field(default_factory=dict)  # overrides of timm's pretrained cfg
     dinov2_arch: str | None = None  # "vits14", ... for the official DINOv2 linear heads
+    hf_name: str | None = None  # Meta's transformers checkpoint with the 1-layer head (source="hf")
 
     @property
     def preprocessing(self) -> str:
@@ -67,7 +73,8 @@ def _vit(key, paper, timm_name):
 def _dinov2(key, paper, size):
     return PaperModel(key, paper, f"vit_{size}_patch14_dinov2.lvd142m",
                       head="official DINOv2 linear classifier (CLS ⊕ mean patch tokens)",
-                      create_kwargs={"img_size": 224}, data_config=DINOV2_DATA, dinov2_arch=f"vit{size[0]}14")
+                      create_kwargs={"img_size": 224}, data_config=DINOV2_DATA, dinov2_arch=f"vit{size[0]}14",
+                      hf_name=f"facebook/dinov2-{size}-imagenet1k-1-layer")
 
 
 def _cnn(key, paper, timm_name):
@@ -161,18 +168,46 @@ def attach_dinov2_head(model, state: dict[str, torch.Tensor], layers: int):
 
 
 # ---------------------------------------------------------------------------------------- loading
+def _load_hf(entry: PaperModel, hf_name, head_layers, checkpoint_path, head_path, pretrained, create_kwargs,
+             device, dtype):
+    """A DINOv2 paper model from Meta's transformers checkpoint (one-layer head), at 224 px with the official
+    linear-evaluation preprocessing."""
+    given = [k for k, v in (("checkpoint_path", checkpoint_path), ("head_path", head_path),
+                            ("create_kwargs", create_kwargs)) if v]
+    if entry.hf_name is None:
+        raise ValueError(f"source='hf' exists for the DINOv2 paper models only; {entry.paper_name} loads from timm")
+    if given or not pretrained or head_layers != 1:
+        raise ValueError(f"source='hf' loads {entry.hf_name} as published (pretrained, one-layer head): pass "
+                         f"head_layers=1 and none of checkpoint_path/head_path/timm kwargs (got "
+                         f"head_layers={head_layers}, pretrained={pretrained}{', ' if given else ''}{', '.join(given)})")
+    from vit_lens.hooked_vit import HookedViT
+
+    model = HookedViT.from_hf(str(hf_name or entry.hf_name), image_size=224, device=device, dtype=dtype)
+    for key in ("interpolation", "crop_pct", "crop_mode", "mean", "std"):
+        setattr(model.cfg, key, entry.data_config[key])
+    model.__dict__.pop("transform", None)  # a cached transform would keep the processor's settings
+    return model
+
+
 def load_paper_model(name: str, *, pretrained: bool = True, checkpoint_path: str | PathLike | None = None,
                      head_path: str | PathLike | None = None, head_layers: int = 4, timm_name: str | None = None,
                      device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                     **create_kwargs: Any):
+                     source: str = "timm", hf_name: str | PathLike | None = None, **create_kwargs: Any):
     """Build a paper backbone with its ImageNet-1k head (``name``: ``"paper:dinov2-l14"`` or ``"dinov2-l14"``).
 
     ``pretrained=False`` builds random weights (no network); ``checkpoint_path`` loads a local timm state dict;
     for DINOv2 ``head_path`` is a local official head file (default: its official URL when ``pretrained``, a
     random head otherwise) and ``head_layers`` picks the one- or four-layer head. ``create_kwargs`` go to
     ``timm.create_model`` (e.g. ``depth=2`` for tests). Returns a HookedViT, or the timm CNN for CNNs.
+    ``source="hf"`` (DINOv2): Meta's transformers checkpoint ``entry.hf_name`` (or ``hf_name``, e.g. a local
+    ``save_pretrained`` copy) at 224 px with its one-layer head, through :meth:`HookedViT.from_hf`.
     """
     entry = get_paper_model(name)
+    if source not in ("timm", "hf"):
+        raise ValueError(f"source must be 'timm' or 'hf'; got {source!r}")
+    if source == "hf":
+        return _load_hf(entry, hf_name, head_layers, checkpoint_path, head_path, pretrained, create_kwargs,
+                        device, dtype)
     timm_name = timm_name or entry.timm_name
     kwargs = {**entry.create_kwargs, **create_kwargs}
     if entry.kind == "cnn":

@@ -73,3 +73,26 @@ def test_dinov2_builds_offline_with_a_random_official_style_head(key, layers):
     assert cfg.mlp_type == ("swiglu" if key == "dinov2-g14" else "mlp")
     assert (cfg.crop_pct, cfg.interpolation, cfg.mean) == (0.875, "bicubic", (0.485, 0.456, 0.406))
     assert model(torch.zeros(1, 3, 56, 56)).shape == (1, 1000)
+
+
+def test_dinov2_from_meta_transformers_checkpoint(tmp_path):
+    """source="hf": Meta's transformers DINOv2 classifier (CLS ⊕ mean patch, one-layer head) at 224 px equals the
+    transformers forward, which interpolates the position embedding at run time like the official hub."""
+    transformers = pytest.importorskip("transformers")
+    assert get_paper_model("paper:dinov2-b14").hf_name == "facebook/dinov2-base-imagenet1k-1-layer"
+    torch.manual_seed(0)
+    config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                       image_size=56, patch_size=14, num_labels=10)
+    hf = transformers.Dinov2ForImageClassification(config).eval()
+    hf.save_pretrained(tmp_path / "dinov2")
+    model = load_paper_model("paper:dinov2-s14", source="hf", hf_name=tmp_path / "dinov2", head_layers=1)
+    assert model.cfg.image_size == (224, 224) and model.cfg.pooling == "cls_mean" and model.cfg.crop_pct == 0.875
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(model(x), hf(pixel_values=x).logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="head_layers=1"):
+        load_paper_model("paper:dinov2-s14", source="hf", hf_name=tmp_path / "dinov2")
+    with pytest.raises(ValueError, match="DINOv2 paper models only"):
+        load_paper_model("paper:vit-s16", source="hf")
+    with pytest.raises(ValueError, match="source must be 'timm' or 'hf'"):
+        load_paper_model("paper:dinov2-s14", source="torch.hub")
