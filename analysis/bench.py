@@ -24,7 +24,7 @@ RESULT_GLOB = "results*.jsonl"
 # settings whose change alters the numbers: checked against run.json before resuming. Files are identified by
 # content (analysis.provenance), so another --root with the same file names, or a checkpoint rewritten in place,
 # is another run; each method's own settings (method_settings) are checked per method.
-CHECKED = ("model", "weights_sha256", "dataset", "split", "n", "seed", "protocol", "amp", "device_type",
+CHECKED = ("model", "weights_sha256", "dataset", "split", "n", "seed", "protocol", "pair_mask", "amp", "device_type",
            "dataset_fingerprint")
 
 
@@ -55,6 +55,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--target", choices=("predicted", "label"), default="predicted",
                    help="class to explain (default: predicted, as RISE and the paper's CAAP)")
     p.add_argument("--only-correct", action="store_true", help="skip images the model misclassifies")
+    p.add_argument("--pair-mask", choices=("explained", "union"), default="explained",
+                   help="two-object images (manifest pairs): localize against the explained object's mask "
+                        "(default) or the union of both objects ('any object')")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, help="perturbed copies per metric forward (default: memory budget)")
     p.add_argument("--memory-budget-gb", type=float, default=1.0)
@@ -108,7 +111,8 @@ def _settings(args, model, methods, protocol, device, digests: dict[str, str]) -
     return {
         "model": model.cfg.model_name or args.model, "weights": weights,
         "weights_sha256": weights["sha256"] if weights else hf_weights_digest(args.hf), "dataset": args.dataset,
-        "split": args.split, "n": args.n, "seed": args.seed, "protocol": asdict(protocol), "amp": args.amp,
+        "split": args.split, "n": args.n, "seed": args.seed, "protocol": asdict(protocol),
+        "pair_mask": args.pair_mask, "amp": args.amp,
         "device_type": torch.device(device).type, "methods": methods,
         "method_settings": {m: method_settings(m) for m in methods},
         "dataset_fingerprint": combined_digest(digests), "samples": digests,
@@ -248,7 +252,7 @@ def _score(args, model, methods, samples, protocol, out, rank, world_size, devic
                 continue
             for row in score_sample(model, built, todo, sample, protocol, curves=not args.no_curves,
                                     memory_budget_gb=args.memory_budget_gb, autocast=autocast,
-                                    batch_size=args.batch_size):
+                                    batch_size=args.batch_size, pair_mask=args.pair_mask):
                 f.write(json.dumps(row) + "\n")
                 f.flush()
     bar.close()

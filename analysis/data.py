@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import csv
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,7 +40,11 @@ class Sample:
     ``mask_format``: ``"binary"`` (grey, > 127 = object), ``"imagenet_s"`` (RGB, class = R + 256 G; the
     object is ``mask_class``, 1000 = ignore) or ``"trimap"`` (Oxford-IIIT-Pet: 1 pet, 2 background,
     3 border = ignore). ``labels``: every label counted correct (ImageNet-Hard has several); default
-    ``(label,)``."""
+    ``(label,)``. ``objects``: the classes of the distinct objects of a several-object image (the composites'
+    pairs: ``(label, label2)``), which decide :meth:`correct`; ``masks_by_label``: each object's class and its
+    own mask file, ``((label, mask_a), (label2, mask_b))``, ``mask`` being their union. ``analysis.evaluate``
+    scores localization against the mask of the object whose class is explained (:meth:`object_mask`), or
+    against the union on request."""
     image: Path
     mask: Path | None
     label: int
@@ -48,9 +52,24 @@ class Sample:
     mask_format: str = "binary"
     mask_class: int | None = None
     labels: tuple[int, ...] | None = None
+    objects: tuple[int, ...] | None = None
+    masks_by_label: tuple[tuple[int, Path], ...] | None = None
 
-    def correct(self, predicted: int) -> bool:
+    def correct(self, predicted: int, target: str = "predicted") -> bool:
+        """Whether ``predicted`` counts as correct. Several objects: the explained object's class must be the
+        prediction, so with ``target="label"`` only ``label`` counts and with ``"predicted"`` any object's class
+        (an image predicted as none of them is misclassified)."""
+        if self.objects is not None:
+            return predicted == self.label if target == "label" else predicted in self.objects
         return predicted in (self.labels or (self.label,))
+
+    def object_mask(self, cls: int) -> Path | None:
+        """The mask file of the object of class ``cls`` (``mask`` when no per-object masks are given, or when
+        several objects share the class: their union); None when no object has that class."""
+        if self.masks_by_label is None:
+            return self.mask
+        paths = [path for label, path in self.masks_by_label if label == cls]
+        return None if not paths else paths[0] if len(paths) == 1 else self.mask
 
 
 REQUIRED_COLUMNS = ("image", "label")
@@ -82,9 +101,15 @@ def open_image(path: Path, what: str = "image") -> Image.Image:
     return img
 
 
+PAIR_COLUMNS = ("mask", "mask_a", "mask_b")
+
+
 def load_manifest(csv_path: str | Path, *, kind: str | None = None) -> list[Sample]:
     """Rows of a manifest with ``image``, ``label`` and (optional) ``mask`` columns, paths relative to the
-    CSV; ``kind`` filters the composites manifest (``"single"`` or ``"pair"``; ``"pairs"`` is accepted)."""
+    CSV; ``kind`` filters the composites manifest (``"single"`` or ``"pair"``; ``"pairs"`` is accepted).
+    A row with a ``label2`` (a second object, the composites' pairs) gets ``objects = (label, label2)`` and,
+    when it has masks, ``masks_by_label = ((label, mask_a), (label2, mask_b))`` beside the union ``mask``:
+    all three mask cells must then be filled (one error naming the line otherwise)."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"manifest {str(csv_path)!r} not found (expected a CSV with columns "
@@ -107,10 +132,27 @@ def load_manifest(csv_path: str | Path, *, kind: str | None = None) -> list[Samp
                 raise ValueError(f"{where}: the image cell is empty; give a path relative to the CSV")
             label = parse_label(row["label"], where)
             mask = csv_path.parent / row["mask"] if row.get("mask") else None
-            samples.append(Sample(csv_path.parent / row["image"], mask, label, Path(row["image"]).stem))
+            sample = Sample(csv_path.parent / row["image"], mask, label, Path(row["image"]).stem)
+            if (row.get("label2") or "").strip():
+                sample = _pair(sample, row, where, csv_path.parent)
+            samples.append(sample)
     if not samples:
         raise ValueError(f"no samples in {csv_path}" + (f" with kind={kind!r}" if kind else ""))
     return samples
+
+
+def _pair(sample: Sample, row: dict, where: str, folder: Path) -> Sample:
+    """A two-object row: both labels, and each object's mask beside the union (all or none of the three)."""
+    label2 = parse_label(row["label2"], where)
+    cells = {c: (row.get(c) or "").strip() for c in PAIR_COLUMNS}
+    if not any(cells.values()):
+        return replace(sample, objects=(sample.label, label2))
+    empty = [c for c, v in cells.items() if not v]
+    if empty:
+        raise ValueError(f"{where}: a two-object row (label2 {label2}) needs every mask cell {', '.join(PAIR_COLUMNS)} "
+                         f"(union, object 'label', object 'label2'), or none; {', '.join(empty)} empty")
+    by_label = ((sample.label, folder / cells["mask_a"]), (label2, folder / cells["mask_b"]))
+    return replace(sample, objects=(sample.label, label2), masks_by_label=by_label)
 
 
 def _geometric_steps(model) -> list:

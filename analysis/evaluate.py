@@ -32,6 +32,8 @@ LOWER_IS_BETTER = {"deletion"}
 HEADERS = {"deletion": "Del ↓", "insertion": "Ins ↑", "ins_del": "Ins−Del ↑", "aupr1": "AUPR₁ ↑",
            "aupr0": "AUPR₀ ↑", "pointing_game": "PG ↑"}
 TARGETS = ("predicted", "label")
+# two-object images: localize against the explained object's mask (default) or the union of all objects
+PAIR_MASKS = ("explained", "union")
 
 
 @dataclass(frozen=True)
@@ -155,11 +157,12 @@ def score_attributions(model, image: Float[Tensor, "1 chan H W"], attributions: 
 def evaluate(model, methods: Mapping[str, Method], samples: Sequence[Sample], results_path: str | Path, *,
              target: str = "predicted", only_correct: bool = False, n_steps: int | None = None,
              pixels_per_step: int | None = None, progress: bool = True, curves: bool = False,
-             memory_budget_gb: float = 1.0) -> list[dict]:
+             memory_budget_gb: float = 1.0, pair_mask: str = "explained") -> list[dict]:
     """Score every (sample, method) pair not yet in ``results_path`` (one JSON line each, appended as
-    computed, so an interrupted run resumes). Rows computed under another :class:`Protocol` are refused.
-    Returns all rows in the file."""
+    computed, so an interrupted run resumes). Rows computed under another :class:`Protocol` (or, for
+    two-object images, another ``pair_mask``: see :func:`score_sample`) are refused. Returns all rows in the file."""
     protocol = Protocol(target, only_correct, pixels_per_step, n_steps)
+    check_pair_mask(pair_mask)
     results_path = Path(results_path)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     rows = read_rows(results_path)
@@ -167,6 +170,9 @@ def evaluate(model, methods: Mapping[str, Method], samples: Sequence[Sample], re
         if r.get("protocol") != asdict(protocol):
             raise ValueError(f"{results_path} holds rows computed with protocol {r.get('protocol')}, not "
                              f"{asdict(protocol)}; use another results file")
+        if r.get("pair_mask", pair_mask) != pair_mask:
+            raise ValueError(f"{results_path} holds rows localized with pair_mask {r['pair_mask']!r}, not "
+                             f"{pair_mask!r}; use another results file")
     done = {(r["sample"], r["method"]) for r in rows}
     with open(results_path, "a") as out:
         for sample in tqdm(samples, disable=not progress, desc="evaluate"):
@@ -174,30 +180,58 @@ def evaluate(model, methods: Mapping[str, Method], samples: Sequence[Sample], re
             if not todo:
                 continue
             for row in score_sample(model, methods, todo, sample, protocol, curves=curves,
-                                    memory_budget_gb=memory_budget_gb):
+                                    memory_budget_gb=memory_budget_gb, pair_mask=pair_mask):
                 out.write(json.dumps(row) + "\n")
                 out.flush()
     return read_rows(results_path)
 
 
-def score_sample(model, methods: Mapping[str, Method], todo: Sequence[str], sample: Sample, protocol: Protocol, *,
-                 curves: bool = True, memory_budget_gb: float = 1.0, autocast=None, batch_size: int | None = None):
-    """Yield one row per method of ``todo`` for ``sample``: every map first, then all their curves in one
-    batched stream (:func:`score_attributions`)."""
-    import contextlib
+def check_pair_mask(pair_mask) -> str:
+    if not isinstance(pair_mask, str) or pair_mask not in PAIR_MASKS:
+        raise ValueError(f"pair_mask must be one of {PAIR_MASKS}; got {pair_mask!r}")
+    return pair_mask
 
+
+def score_sample(model, methods: Mapping[str, Method], todo: Sequence[str], sample: Sample, protocol: Protocol, *,
+                 curves: bool = True, memory_budget_gb: float = 1.0, autocast=None, batch_size: int | None = None,
+                 pair_mask: str = "explained"):
+    """Yield one row per method of ``todo`` for ``sample``: every map first, then all their curves in one
+    batched stream (:func:`score_attributions`).
+
+    Two-object images: ``correct`` means the explained object's class was predicted (``target="label"``: the
+    prediction is ``label``; ``"predicted"``: it is one of the objects' classes, else the image is
+    misclassified; :meth:`Sample.correct`). With per-object masks (``sample.masks_by_label``) localization
+    uses, with ``pair_mask="explained"``, the mask of the object whose class is explained; a misclassified image scored anyway (no ``only_correct``) explains a
+    class no object has, so its localization is ``None`` with a ``mask_note`` (faithfulness is scored).
+    ``pair_mask="union"``: the union of the objects ("any object" localization). Rows say which
+    (``pair_mask``, ``mask_object``: the explained object's label, ``"union"`` or None)."""
+    import contextlib
+    from dataclasses import replace
+
+    check_pair_mask(pair_mask)
     autocast = autocast or contextlib.nullcontext
     loaded = load_sample(model, sample)
     with torch.no_grad(), autocast():
         predicted = int(model(loaded.image).argmax(-1))
-    correct = sample.correct(predicted)
     cls = sample.label if protocol.target == "label" else predicted
+    correct = sample.correct(predicted, protocol.target)
+    pair = sample.masks_by_label is not None
     base = {"sample": sample.name, "target": cls, "predicted": predicted, "label": sample.label, "correct": correct,
             "protocol": asdict(protocol)}
+    mask, ignore, note = loaded.mask, loaded.ignore, None
+    if pair:
+        path = sample.mask if pair_mask == "union" else sample.object_mask(cls)
+        base |= {"pair_mask": pair_mask, "mask_object": "union" if pair_mask == "union" else
+                 (cls if path is not None else None)}
     if protocol.only_correct and not correct:
         for name in todo:
             yield {**base, "method": name, "skipped": "incorrect"}
         return
+    if pair and path is None:
+        mask, ignore, note = None, None, f"no object of the explained class {cls}: localization skipped"
+    elif pair and path != sample.mask:
+        object_loaded = load_sample(model, replace(sample, mask=path))
+        mask, ignore = object_loaded.mask, object_loaded.ignore
     attributions, seconds = [], []
     for name in todo:
         start = time.perf_counter()
@@ -205,11 +239,11 @@ def score_sample(model, methods: Mapping[str, Method], todo: Sequence[str], samp
             attributions.append(methods[name](loaded.image, torch.tensor([cls], device=loaded.image.device)).float())
         seconds.append(time.perf_counter() - start)
     with autocast():
-        scored = score_attributions(model, loaded.image, attributions, cls, loaded.mask, loaded.ignore,
+        scored = score_attributions(model, loaded.image, attributions, cls, mask, ignore,
                                     protocol=protocol, memory_budget_gb=memory_budget_gb, curves=curves,
                                     batch_size=batch_size)
     for name, metrics, s in zip(todo, scored, seconds):
-        yield {**base, "method": name, **metrics, "seconds": s}
+        yield {**base, "method": name, **metrics, **({"mask_note": note} if note else {}), "seconds": s}
 
 
 def _mean_se(values: list[float]) -> tuple[float, float, int]:

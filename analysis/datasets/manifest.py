@@ -1,6 +1,9 @@
 """A CSV manifest (``../shared/eval``: ``davis/manifest.csv``, ``composites/manifest.csv``): columns ``image``,
 ``label`` and optionally ``mask`` and ``kind``, paths relative to the CSV. ``ROOT`` is the CSV file (or a
-directory holding ``manifest.csv``); ``split`` filters ``kind`` (composites: ``single`` or ``pairs``)."""
+directory holding ``manifest.csv``); ``split`` filters ``kind`` (composites: ``single`` or ``pairs``).
+Two-object rows (``label2``, ``mask_a`` = object ``label``, ``mask_b`` = object ``label2``, ``mask`` = their
+union) keep each object's mask, so localization is scored against the explained object (``caap bench
+--pair-mask``; :func:`analysis.data.load_manifest`)."""
 from __future__ import annotations
 
 from pathlib import Path
