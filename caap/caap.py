@@ -16,9 +16,15 @@ from caap.blanks import Blank, blank_context
 from caap.selection import Selection, all_neighbourhoods
 from caap.targets import READOUTS, check_score, refuse_target_with_callable, resolve_targets
 from vit_lens.patching import ENGINES, ClassScore, Intervention, cache_context, run_patching
+from vit_lens.patching.atp import check_atp_supported, run_atp
 from vit_lens.validation import check_int, check_positive_real
 
 logger = logging.getLogger(__name__)
+
+# attribution patching (vit_lens.patching.atp): first-order CAAP from one backward; "atp-star" recomputes the
+# prefix queries' attention to the patched keys exactly (AtP*, Kramar et al. 2024)
+ATP_ENGINES = ("atp", "atp-star")
+CAAP_ENGINES = ENGINES + ATP_ENGINES
 
 Score = str | Callable[[Float[Tensor, "batch K n_out"]], Float[Tensor, "batch K"]]
 
@@ -96,8 +102,10 @@ class CAAP:
 
     For patch ``i`` the source activations at ``S(p_i)`` are inserted into the blank context over blocks
     ``layers`` (default ``0..ceil(2L/3)``); CLS (and later ``S(p_i)``) are recomputed and the class score
-    read. ``engine``: ``"parallel"`` (exact multi-CLS), ``"loop"`` (reference) or ``"efficient"``
-    (E-CAAP). ``score``: a class readout by name, ``"logit"`` (the paper), ``"prob"``, ``"logit-diff"``
+    read. ``engine``: ``"parallel"`` (exact multi-CLS), ``"loop"`` (reference), ``"efficient"``
+    (E-CAAP), ``"atp"`` (attribution patching: the first-order estimate from one backward) or ``"atp-star"``
+    (AtP*: the prefix attention to the patched keys exact). ``score``: a class readout by name, ``"logit"``
+    (the paper), ``"prob"``, ``"logit-diff"``
     (target logit minus the mean of the others), ``"logit-margin"`` (minus the highest other logit of the same
     forward) or ``"log-prob"`` (formulas: :mod:`vit_lens.patching.readouts`), or a callable on the output
     ``[batch, K, n_out]`` returning ``[batch, K]``. ``model``: a HookedViT, or a timm VisionTransformer, which
@@ -110,8 +118,13 @@ class CAAP:
                  chunk_size: int | None = None, memory_budget_gb: float = 1.0, batch_size: int = 4,
                  blank_seed: int = 0, progress: bool | None = None, frozen_attention=None):
         model = as_hooked_vit(model)
-        if not isinstance(engine, str) or engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}; got {engine!r}")
+        if not isinstance(engine, str) or engine not in CAAP_ENGINES:
+            raise ValueError(f"engine must be one of {CAAP_ENGINES}; got {engine!r}")
+        if engine in ATP_ENGINES:
+            check_atp_supported(model, engine == "atp-star")
+            if frozen_attention is not None:
+                raise ValueError(f"frozen_attention applies to engine='parallel' or 'efficient'; engine={engine!r} "
+                                 f"takes none (got {type(frozen_attention).__name__})")
         check_score(score, "the output [batch, K, n_out] to [batch, K]", READOUTS)
         batch_size = check_int(batch_size, "batch_size", minimum=1)
         chunk_size = None if chunk_size is None else check_int(chunk_size, "chunk_size", minimum=1)
@@ -154,6 +167,11 @@ class CAAP:
         for lo in tqdm(batches, disable=not show, desc="CAAP", unit="batch"):
             batch = images[lo:lo + self.batch_size]
             readout = self._readout(None if targets is None else targets[lo:lo + self.batch_size])
+            if self.engine in ATP_ENGINES:
+                scores = run_atp(model, cache_context(model, batch), blank, self.interventions, readout,
+                                 exact_prefix_attention=self.engine == "atp-star")
+                maps.append(model.layout.to_grid(scores))
+                continue
             scores = run_patching(model, None, None, self.interventions, readout=readout, engine=self.engine,
                                   chunk_size=self.chunk_size, memory_budget_gb=self.memory_budget_gb,
                                   source_cache=cache_context(model, batch), target_cache=blank,

@@ -27,6 +27,8 @@ _BUILTINS: dict[str, tuple[str, dict[str, Any]]] = {
     "caap-logit-diff": ("caap.caap:CAAP", {"score": "logit-diff"}),
     "caap-margin": ("caap.caap:CAAP", {"score": "logit-margin"}),
     "caap-logprob": ("caap.caap:CAAP", {"score": "log-prob"}),
+    "caap-atp": ("caap.caap:CAAP", {"engine": "atp"}),  # attribution patching (vit_lens.patching.atp; issue 23)
+    "caap-atp-star": ("caap.caap:CAAP", {"engine": "atp-star"}),  # AtP*: exact prefix attention hop
     "caap-cnn": ("caap.cnn:CNNCAAP", {}),
     "grad-cam": ("caap.baselines.gradcam:GradCAM", {}),
     "simple-insertion": ("caap.baselines.input_perturbation:SimpleInsertion", {}),
