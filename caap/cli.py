@@ -176,7 +176,6 @@ def _explain(args) -> int:
     import torch
 
     from caap import CAAP
-    from caap.plot import compare, to_display
 
     if args.text is not None:
         return _explain_text(args, image, out, model)
@@ -194,14 +193,21 @@ def _explain(args) -> int:
         print(f"  {rank}. {names[i]:<40s} {p.item():.3f}")
     target = int(probs.argmax()) if target is None else target
     attribution = CAAP(model, engine=args.engine, blank=args.blank, layers=args.layers).attribute(x, target)
-    fig = compare(to_display(model, x), {f"CAAP: {names[target]}": attribution}, size=4)
+    save_overlay(model, x, f"CAAP: {names[target]}", attribution, out)
+    print(f"explained class {target} ({names[target]}, p={probs[target].item():.3f}); overlay written to {out}")
+    return 0
+
+
+def save_overlay(model, x, title: str, attribution, out: Path) -> None:
+    """The image beside the CAAP overlay, written to ``out`` (an unwritable path is one UsageError line)."""
+    from caap.plot import compare, to_display
+
+    fig = compare(to_display(model, x), {title: attribution}, size=4)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=100)
     except OSError as err:
         raise UsageError(f"cannot write --out {str(out)!r}: {err.strerror or err}") from None
-    print(f"explained class {target} ({names[target]}, p={probs[target].item():.3f}); overlay written to {out}")
-    return 0
 
 
 def _explain_text(args, image, out: Path, model) -> int:
@@ -213,10 +219,9 @@ def _explain_text(args, image, out: Path, model) -> int:
     import torch
     import torch.nn.functional as F
 
-    from caap import CAAP
-    from caap.plot import compare, to_display
-
     import open_clip
+
+    from caap import CAAP
 
     clip = load_open_clip(args)
     with torch.no_grad():
@@ -229,12 +234,7 @@ def _explain_text(args, image, out: Path, model) -> int:
     with torch.no_grad():
         similarity = float(cosine(model(x))[0])
     attribution = CAAP(model, engine=args.engine, blank=args.blank, layers=args.layers, score=cosine).attribute(x)
-    fig = compare(to_display(model, x), {f"CAAP: {args.text!r}": attribution}, size=4)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=100)
-    except OSError as err:
-        raise UsageError(f"cannot write --out {str(out)!r}: {err.strerror or err}") from None
+    save_overlay(model, x, f"CAAP: {args.text!r}", attribution, out)
     print(f"{args.image.name}: cosine similarity to {args.text!r} = {similarity:.4f}; overlay written to {out}")
     return 0
 
