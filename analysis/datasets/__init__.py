@@ -21,6 +21,7 @@ _REGISTRY: dict[str, tuple[str, dict]] = {
     "food101": ("analysis.datasets.food101", {}),
     "imagenet-hard": ("analysis.datasets.imagenet_hard", {}),
     "manifest": ("analysis.datasets.manifest", {}),
+    "synthetic": ("analysis.datasets.synthetic", {}),
 }
 DATASETS = tuple(_REGISTRY)
 
