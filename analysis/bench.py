@@ -3,7 +3,8 @@ process or sharded over ``torchrun`` ranks.
 
 Writes into ``--out DIR``: ``run.json`` (every setting, versions, model), ``results.jsonl`` (or
 ``results.rank{r}.jsonl`` per rank: one row per image × method, with curves), and, from rank 0 once all
-ranks are done, ``table.md`` / ``table.csv`` (mean ± SE, best in bold, n per method).
+ranks are done, ``table.md`` / ``table.csv`` (mean ± SE, best in bold, n per method). ``--metrics`` beyond the
+paper's four (``analysis.metrics``) write ``metrics-<name>[.rank<r>].jsonl`` and a second table below.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from analysis import distributed
 log = logging.getLogger(__name__)
 
 RESULT_GLOB = "results*.jsonl"
+SUITE_GLOB = "metrics-*.jsonl"  # the evaluation suite: metrics-<name>.jsonl / metrics-<name>.rank<r>.jsonl
 # settings whose change alters the numbers: checked against run.json before resuming. Files are identified by
 # content (analysis.provenance), so another --root with the same file names, or a checkpoint rewritten in place,
 # is another run; each method's own settings (method_settings) are checked per method.
@@ -58,6 +60,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--pair-mask", choices=("explained", "union"), default="explained",
                    help="two-object images (manifest pairs): localize against the explained object's mask "
                         "(default) or the union of both objects ('any object')")
+    p.add_argument("--metrics", default="deletion,insertion,aupr,pointing-game",
+                   help="comma-separated metric names (analysis.metrics.list_metrics(); default: the paper's four); "
+                        "metrics added to a finished run are computed alone")
+    p.add_argument("--mprt", choices=("cascading", "independent"), default="cascading",
+                   help="the mprt metric's randomization: cascading from the last block (default) or one block at "
+                        "a time")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, help="perturbed copies per metric forward (default: memory budget)")
     p.add_argument("--memory-budget-gb", type=float, default=1.0)
@@ -86,6 +94,21 @@ def _methods(spec: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _metrics(args) -> dict:
+    """The requested metrics, built (one line listing the valid names for an unknown one)."""
+    from analysis.metrics import check_metric_names, get_metric
+
+    try:
+        names = check_metric_names([m.strip() for m in args.metrics.split(",") if m.strip()])
+    except ValueError as err:
+        raise UserError(f"--metrics: {err}") from None
+    return {n: get_metric(n, **({"mode": args.mprt} if n == "mprt" else {})) for n in names}
+
+
+def _suite_glob(name: str) -> str:
+    return f"metrics-{name}.*jsonl"  # metrics-<name>.jsonl and metrics-<name>.rank<r>.jsonl (names hold no '.')
+
+
 def _load_model(args, device: str):
     from caap.cli import load_checked_model
 
@@ -100,7 +123,7 @@ def _load_model(args, device: str):
         raise
 
 
-def _settings(args, model, methods, protocol, device, digests: dict[str, str]) -> dict:
+def _settings(args, model, methods, protocol, device, digests: dict[str, str], metrics=None) -> dict:
     import timm
     import torch
 
@@ -115,6 +138,7 @@ def _settings(args, model, methods, protocol, device, digests: dict[str, str]) -
         "pair_mask": args.pair_mask, "amp": args.amp,
         "device_type": torch.device(device).type, "methods": methods,
         "method_settings": {m: method_settings(m) for m in methods},
+        "metrics": list(metrics or ()), "metric_settings": {n: dict(m.settings) for n, m in (metrics or {}).items()},
         "dataset_fingerprint": combined_digest(digests), "samples": digests,
         "root": str(args.root.resolve()), "curves": not args.no_curves, "memory_budget_gb": args.memory_budget_gb,
         "batch_size": args.batch_size,
@@ -146,9 +170,19 @@ def _check_out_dir(out: Path, settings: dict) -> dict:
             raise UserError(f"--out {out}: method {m!r} was scored with other settings (run.json "
                             f"{_short(old_methods.get(m))}, now {_short(settings['method_settings'][m])}); "
                             f"use another --out")
+        old_metrics = old.get("metric_settings") or {}  # runs before --metrics: the paper's four, no settings
+        changed = [m for m in settings["metrics"] if m in old_metrics and old_metrics[m] != settings["metric_settings"][m]]
+        if changed:
+            m = changed[0]
+            raise UserError(f"--out {out}: metric {m!r} was scored with other settings (run.json "
+                            f"{_short(old_metrics[m])}, now {_short(settings['metric_settings'][m])}); use another --out")
+        from analysis.metrics import PAPER
+
         settings = {**settings, "methods": list(dict.fromkeys(old.get("methods", []) + settings["methods"])),
-                    "method_settings": {**old_methods, **settings["method_settings"]}}
-    elif any(out.glob(RESULT_GLOB)):
+                    "method_settings": {**old_methods, **settings["method_settings"]},
+                    "metrics": list(dict.fromkeys(old.get("metrics", list(PAPER)) + settings["metrics"])),
+                    "metric_settings": {**old_metrics, **settings["metric_settings"]}}
+    elif any(out.glob(RESULT_GLOB)) or any(out.glob(SUITE_GLOB)):
         raise UserError(f"--out {out} holds results but no run.json (another tool's run?); use another --out")
     return settings
 
@@ -158,11 +192,11 @@ def _short(value, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + " ...}"
 
 
-def _done(out: Path, own: Path) -> set[tuple[str, str]]:
+def _done(out: Path, own: Path, pattern: str = RESULT_GLOB) -> set[tuple[str, str]]:
     from analysis.evaluate import read_rows
 
     done = set()
-    for path in sorted(out.glob(RESULT_GLOB)):
+    for path in sorted(out.glob(pattern)):
         rows = read_rows(path) if path == own else _read_foreign(path)
         done |= {(r["sample"], r["method"]) for r in rows}
     return done
@@ -182,12 +216,13 @@ def _read_foreign(path: Path) -> list[dict]:
     return rows
 
 
-def merge(out: Path, order: list[str], methods: list[str]) -> list[dict]:
-    """All rows of every part, one per (sample, method), in dataset then method order."""
+def merge(out: Path, order: list[str], methods: list[str], pattern: str = RESULT_GLOB) -> list[dict]:
+    """All rows of every part (files matching ``pattern``), one per (sample, method), in dataset then method
+    order."""
     rank = {name: i for i, name in enumerate(order)}
     mrank = {m: i for i, m in enumerate(methods)}
     rows = {}
-    for path in sorted(out.glob(RESULT_GLOB)):
+    for path in sorted(out.glob(pattern)):
         for r in _read_foreign(path):
             if r["sample"] in rank and r["method"] in mrank:
                 rows.setdefault((r["sample"], r["method"]), r)
@@ -204,7 +239,32 @@ def common_images(rows: list[dict], methods: list[str]) -> list[dict]:
 
 
 def write_tables(out: Path, rows: list[dict], methods: list[str], settings: dict | None = None,
-                 common: bool = False) -> str:
+                 common: bool = False, suite: dict | None = None, suite_rows: list[dict] = (),
+                 paper: bool = True) -> str:
+    """``table.md|csv`` from the paper's rows (when ``paper``) and, below it, the suite's table from
+    ``suite_rows`` of the ``suite`` metrics (its CSV in ``table_metrics.csv``)."""
+    table = _paper_table(out, rows, methods, settings, common) if paper else ""
+    if suite:
+        from analysis.metrics.suite import format_extras, format_extras_csv, summarize_extras
+
+        suite_rows = [r for r in suite_rows if r["method"] in methods]
+        if common:
+            suite_rows = common_images(suite_rows, methods)
+        summary = summarize_extras(suite_rows, methods, list(suite.values()))
+        if not summary and not paper:
+            raise UserError(f"no image was scored (all skipped: --only-correct with no correct prediction?); "
+                            f"rows are in {out}")
+        masked = [n for n, m in suite.items() if m.needs_mask and any(r.get("metric") == n and r.get("mask_note")
+                                                                       for r in suite_rows)]
+        extra = format_extras(summary, list(suite.values()), masked) if summary else "no suite row scored"
+        md = (out / "table.md").read_text() if paper else ""
+        (out / "table.md").write_text(md + ("\n" if md else "") + extra + "\n")
+        (out / "table_metrics.csv").write_text(format_extras_csv(summary, list(suite.values())))
+        table += ("\n\n" if table else "") + extra
+    return table
+
+
+def _paper_table(out: Path, rows: list[dict], methods: list[str], settings: dict | None, common: bool) -> str:
     from analysis.evaluate import format_csv, format_table, summarize
 
     rows = [r for r in rows if r["method"] in methods]
@@ -230,31 +290,43 @@ def write_tables(out: Path, rows: list[dict], methods: list[str], settings: dict
     return table
 
 
-def _score(args, model, methods, samples, protocol, out, rank, world_size, device) -> None:
-    """This rank's share of the images, appended row by row to its own results file (resumable)."""
+def _score(args, model, methods, samples, protocol, out, rank, world_size, device, suite=None,
+           paper: bool = True) -> None:
+    """This rank's share of the images, appended row by row to its own results file (resumable); each
+    ``suite`` metric's rows to its own ``metrics-<name>`` file, so only missing (image, method, metric)
+    rows are computed."""
     import torch
     from tqdm.auto import tqdm
 
     from analysis.evaluate import score_sample
     from caap import get_method
 
+    suite = suite or {}
     built = {name: get_method(name, model).attribute for name in methods}
-    own = out / ("results.jsonl" if world_size == 1 else f"results.rank{rank}.jsonl")
-    done = _done(out, own)
+    tag = "" if world_size == 1 else f".rank{rank}"
+    own = out / f"results{tag}.jsonl"
+    done = _done(out, own) if paper else {(s.name, m) for s in samples for m in methods}
+    owns = {n: out / f"metrics-{n}{tag}.jsonl" for n in suite}
+    dones = {n: _done(out, owns[n], _suite_glob(n)) for n in suite}
     autocast = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) if args.amp \
         else contextlib.nullcontext
     bar = tqdm(samples[rank::world_size], desc=f"bench rank {rank}" if world_size > 1 else "bench", unit="img",
                position=rank, disable=args.no_progress)
-    with open(own, "a") as f:
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(open(own, "a")) if paper else None
+        files = {n: stack.enter_context(open(path, "a")) for n, path in owns.items()}
         for sample in bar:
             todo = [m for m in methods if (sample.name, m) not in done]
-            if not todo:
+            extras = [(suite[n], [m for m in methods if (sample.name, m) not in dones[n]]) for n in suite]
+            if not todo and not any(names for _, names in extras):
                 continue
             for row in score_sample(model, built, todo, sample, protocol, curves=not args.no_curves,
                                     memory_budget_gb=args.memory_budget_gb, autocast=autocast,
-                                    batch_size=args.batch_size, pair_mask=args.pair_mask):
-                f.write(json.dumps(row) + "\n")
-                f.flush()
+                                    batch_size=args.batch_size, pair_mask=args.pair_mask, extras=extras,
+                                    rebuild=lambda name, m: get_method(name, m).attribute, seed=args.seed):
+                target = files[row["metric"]] if "metric" in row else f
+                target.write(json.dumps(row) + "\n")
+                target.flush()
     bar.close()
 
 
@@ -296,6 +368,11 @@ def run(args) -> int:
     check_out(args.out)
     check_device(args.device)
     methods = _methods(args.methods)
+    metrics = _metrics(args)
+    from analysis.metrics import PAPER
+
+    paper = any(n in PAPER for n in metrics)
+    suite = {n: m for n, m in metrics.items() if n not in PAPER}
     try:
         protocol = Protocol(args.target, args.only_correct, args.pixels_per_step, args.n_steps)
     except ValueError as err:
@@ -321,7 +398,7 @@ def run(args) -> int:
         raise UserError(f"{args.dataset} has label {max(s.label for s in samples)} but the model only "
                         f"{n_out} classes")
     out = args.out
-    settings = _settings(args, model, methods, protocol, device, sample_digests(samples))
+    settings = _settings(args, model, methods, protocol, device, sample_digests(samples), metrics)
     error = None
     if rank == 0:
         try:
@@ -337,15 +414,17 @@ def run(args) -> int:
     if error:
         raise UserError(error)
     if not args.table_only:
-        _score(args, model, methods, samples, protocol, out, rank, world_size, device)
+        _score(args, model, methods, samples, protocol, out, rank, world_size, device, suite, paper)
     distributed.barrier()
     status = 0
     if rank == 0:
-        rows = merge(out, names, settings["methods"])
+        rows = merge(out, names, settings["methods"]) if paper else []
+        suite_rows = [r for n in suite for r in merge(out, names, settings["methods"], _suite_glob(n))]
         table = write_tables(out, rows, [m for m in methods if m in settings["methods"]], settings,  # --methods order
-                             common=args.common_images)
+                             common=args.common_images, suite=suite, suite_rows=suite_rows, paper=paper)
         print(table)
-        print(f"wrote {out / 'table.md'}, {out / 'table.csv'} ({len(rows)} rows)")
+        print(f"wrote {out / 'table.md'}, {out / 'table.csv'} ({len(rows)} rows)" if not suite else
+              f"wrote {out / 'table.md'}, {out / 'table_metrics.csv'} ({len(rows)} + {len(suite_rows)} rows)")
     distributed.finish()
     return status
 

@@ -194,9 +194,13 @@ def check_pair_mask(pair_mask) -> str:
 
 def score_sample(model, methods: Mapping[str, Method], todo: Sequence[str], sample: Sample, protocol: Protocol, *,
                  curves: bool = True, memory_budget_gb: float = 1.0, autocast=None, batch_size: int | None = None,
-                 pair_mask: str = "explained"):
+                 pair_mask: str = "explained", extras=(), rebuild=None, seed: int = 0):
     """Yield one row per method of ``todo`` for ``sample``: every map first, then all their curves in one
     batched stream (:func:`score_attributions`).
+
+    ``extras``: ``(Metric, method names)`` pairs of the evaluation suite (``analysis.metrics``, ``caap bench
+    --metrics``), scored on the same maps (each map computed once); their rows carry ``"metric"`` and are
+    yielded after the paper's (:func:`analysis.metrics.suite.score_extras`; ``rebuild``, ``seed``: its Context).
 
     Two-object images: ``correct`` means the explained object's class was predicted (``target="label"``: the
     prediction is ``label``; ``"predicted"``: it is one of the objects' classes, else the image is
@@ -223,27 +227,40 @@ def score_sample(model, methods: Mapping[str, Method], todo: Sequence[str], samp
         path = sample.mask if pair_mask == "union" else sample.object_mask(cls)
         base |= {"pair_mask": pair_mask, "mask_object": "union" if pair_mask == "union" else
                  (cls if path is not None else None)}
+    extras = [(metric, list(names)) for metric, names in extras if names]
     if protocol.only_correct and not correct:
         for name in todo:
             yield {**base, "method": name, "skipped": "incorrect"}
+        for metric, names in extras:
+            yield from ({**base, "method": name, "metric": metric.name, "skipped": "incorrect"} for name in names)
         return
     if pair and path is None:
         mask, ignore, note = None, None, f"no object of the explained class {cls}: localization skipped"
     elif pair and path != sample.mask:
         object_loaded = load_sample(model, replace(sample, mask=path))
         mask, ignore = object_loaded.mask, object_loaded.ignore
-    attributions, seconds = [], []
-    for name in todo:
+    attributions, seconds = {}, {}
+    for name in dict.fromkeys([*todo, *(n for _, names in extras for n in names)]):  # each map once
         start = time.perf_counter()
         with autocast():
-            attributions.append(methods[name](loaded.image, torch.tensor([cls], device=loaded.image.device)).float())
-        seconds.append(time.perf_counter() - start)
-    with autocast():
-        scored = score_attributions(model, loaded.image, attributions, cls, mask, ignore,
-                                    protocol=protocol, memory_budget_gb=memory_budget_gb, curves=curves,
-                                    batch_size=batch_size)
-    for name, metrics, s in zip(todo, scored, seconds):
-        yield {**base, "method": name, **metrics, **({"mask_note": note} if note else {}), "seconds": s}
+            attributions[name] = methods[name](loaded.image, torch.tensor([cls], device=loaded.image.device)).float()
+        seconds[name] = time.perf_counter() - start
+    if todo:
+        with autocast():
+            scored = score_attributions(model, loaded.image, [attributions[n] for n in todo], cls, mask, ignore,
+                                        protocol=protocol, memory_budget_gb=memory_budget_gb, curves=curves,
+                                        batch_size=batch_size)
+        for name, metrics in zip(todo, scored):
+            yield {**base, "method": name, **metrics, **({"mask_note": note} if note else {}), "seconds": seconds[name]}
+    if extras:
+        from analysis.metrics.registry import Context
+        from analysis.metrics.suite import score_extras
+
+        ctx = Context(model, loaded.image, cls, mask, ignore, methods, rebuild, sample.name, seed, memory_budget_gb,
+                      batch_size)
+        with autocast():
+            rows = score_extras(ctx, extras, attributions, base, seconds, note)
+        yield from rows
 
 
 def _mean_se(values: list[float]) -> tuple[float, float, int]:

@@ -1,4 +1,4 @@
-"""The paper's attribution metrics (Sec. 4.1): Deletion / Insertion AUC, AUPR1, AUPR0 and the Pointing Game.
+"""The paper's faithfulness curves (Sec. 4.1): Deletion / Insertion AUC, batched on the shared masking engine.
 
 Deletion / Insertion follow RISE's ``CausalMetric`` (Petsiuk et al. 2018, the protocol the paper cites as
 [25]), which are this module's named defaults:
@@ -14,20 +14,13 @@ Attribution maps may be patch-level or pixel-level. Every tensor follows the mod
 """
 from __future__ import annotations
 
-import logging
-import math
-
-import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float, Int
-from sklearn.metrics import average_precision_score
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from caap.masking import DEFAULT_MEMORY_BUDGET_GB, iter_batched_outputs
 from caap.targets import class_targets
-
-log = logging.getLogger(__name__)
 
 RISE_BLUR_KLEN = 11
 RISE_BLUR_SIGMA = 5.0
@@ -189,57 +182,3 @@ def curves_for(model, images: Float[Tensor, "batch chan H W"], attributions: Flo
 def auc(curves: Float[Tensor, "batch points"]) -> Float[Tensor, "batch"]:
     """Trapezoidal area under curves sampled at evenly spaced fractions of [0, 1] (RISE's ``auc``)."""
     return torch.trapezoid(curves, dx=1.0 / (curves.shape[1] - 1), dim=1)
-
-
-def _check_mask(attribution: Tensor, mask: Tensor, ignore: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
-    """One image: a ``[h, w]`` map and ``[H, W]`` masks (a batch dimension would be read as rows)."""
-    for name, value in (("attribution", attribution), ("mask", mask), ("ignore", ignore)):
-        if value is None and name == "ignore":
-            continue
-        if not isinstance(value, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor [{'h, w' if name == 'attribution' else 'H, W'}]; got "
-                            f"{type(value).__name__}")
-        if value.ndim != 2:
-            raise ValueError(f"{name} must be a 2-D [{'h, w' if name == 'attribution' else 'H, W'}] tensor for one "
-                             f"image; got shape {tuple(value.shape)} (pass attribution[i], mask[i] per image)")
-    if ignore is not None and ignore.shape != mask.shape:
-        raise ValueError(f"ignore must have the mask's shape {tuple(mask.shape)}; got {tuple(ignore.shape)}")
-    check_finite(attribution)
-    a = to_pixels(attribution[None], tuple(mask.shape))[0].flatten().cpu().numpy()
-    m = mask.flatten().cpu().numpy().astype(bool)
-    if ignore is not None:
-        keep = ~ignore.flatten().cpu().numpy().astype(bool)
-        a, m = a[keep], m[keep]
-    if m.all() or not m.any():
-        raise ValueError("mask must contain both foreground and background pixels (outside ignored pixels)")
-    return a, m
-
-
-def aupr(attribution: Float[Tensor, "h w"], mask: Bool[Tensor, "H W"],
-         ignore: Bool[Tensor, "H W"] | None = None) -> tuple[float, float]:
-    """``(AUPR1, AUPR0)``: average precision of the min-max normalized map for the foreground, and of
-    ``1 - map`` for the background (Sec. 4.1). ``ignore`` pixels (ImageNet-S 1000, Pet trimap borders)
-    are left out."""
-    a, m = _check_mask(attribution, mask, ignore)
-    span = a.max() - a.min()
-    a = (a - a.min()) / span if span > 0 else np.zeros_like(a)
-    return float(average_precision_score(m, a)), float(average_precision_score(~m, 1 - a))
-
-
-def pointing_game(attribution: Float[Tensor, "h w"], mask: Bool[Tensor, "H W"],
-                  ignore: Bool[Tensor, "H W"] | None = None) -> bool:
-    """Whether a maximum of the (upsampled) map falls inside the foreground. Ties as Quantus'
-    ``PointingGame``: a hit if ANY pixel attaining the maximum is foreground. A constant map points
-    nowhere: a miss, with a warning. ``ignore`` pixels are left out."""
-    a, m = _check_mask(attribution, mask, ignore)
-    if a.max() == a.min():
-        log.warning("pointing_game: constant attribution map, counted as a miss")
-        return False
-    return bool(m[a == a.max()].any())
-
-
-def standard_error(values) -> float:
-    """The paper's standard error: population SD / sqrt(n) (``ddof = 0``; it prints 50.00 +- 4.42 for a
-    Pointing Game of 64 hits in 128 images, which ``ddof = 1`` would make 4.44). NaN for n = 0."""
-    v = np.asarray(values, dtype=np.float64)
-    return float(v.std(ddof=0) / math.sqrt(len(v))) if len(v) else float("nan")
