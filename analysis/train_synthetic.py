@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                     depth=args.depth, heads=args.heads, mlp_ratio=args.mlp_ratio, device=args.device,
                     minutes=args.minutes,
                     progress=not args.no_progress)
-    capped = " (stopped by --minutes before the planned steps)" if summary["steps"] < summary["steps_planned"] else ""
+    capped = (" (stopped by --minutes before the planned steps)"
+              if summary["steps"] < summary["steps_planned"] else "")
     print(f"{summary['steps']} steps in {summary['train_minutes']:.1f} min{capped}; held-out accuracy "
           f"{summary['heldout']['accuracy']:.4f} on {summary['heldout']['n']} scenes; wrote {args.out}/model.safetensors")
     return 0

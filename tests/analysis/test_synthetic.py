@@ -145,3 +145,37 @@ def test_committed_checkpoint_reproduces_its_recorded_accuracy_and_passes_the_ca
     assert correct == check["correct"] and correct / check["n"] >= 0.9
     result = causal_check(model, n=200, seed=(0, 6))
     assert result.causal_flip_rate >= 0.9 and result.distractor_flip_rate <= 0.1
+
+
+def test_relevance_mass_and_rank_accuracy_against_hand_computed_values():
+    from analysis.datasets.synthetic_metrics import rank_accuracy, relevance_mass
+
+    region = torch.zeros(4, 4, dtype=torch.bool)
+    region[:2, :2] = True                                           # 4 of 16 pixels
+    amap = torch.zeros(4, 4)
+    amap[0, 0], amap[0, 1], amap[3, 3], amap[2, 2] = 3.0, 1.0, 4.0, -5.0
+    assert relevance_mass(amap, region) == pytest.approx(4 / 8)    # negative relevance left out
+    # top 4: 4 (out), 3 (in), 1 (in), then 12 pixels tied at 0 for one slot, 2 of them inside
+    assert rank_accuracy(amap, region) == pytest.approx((2 + 2 / 12) / 4)
+    assert rank_accuracy(torch.ones(4, 4), region) == pytest.approx(4 / 16)   # constant map: the area fraction
+    assert relevance_mass(-torch.ones(4, 4), region) is None
+    assert relevance_mass(torch.ones(2, 2), region) == pytest.approx(4 / 16)  # patch map upsampled bilinearly
+    with pytest.raises(ValueError, match="region must hold some but not all pixels"):
+        rank_accuracy(amap, torch.zeros(4, 4, dtype=torch.bool))
+
+
+def test_lookalike_region_marks_the_distractors_resembling_the_explained_class():
+    from analysis.datasets.synthetic_metrics import lookalike_region
+
+    scenes, _, inst = ss.generate(30, 9)
+    for i in range(30):
+        objects = synthetic.describe(scenes, i)
+        for target in (int(scenes.label[i]), (int(scenes.label[i]) + 1) % 8):
+            look, dis = lookalike_region(inst[i], objects, target)
+            expected = np.zeros_like(look)
+            for k in range(1, scenes.present.shape[1]):
+                if scenes.present[i, k]:
+                    assert (dis[inst[i] == k + 1]).all()
+                    if (ss.CLASS_IDS[target] == features(scenes, i, k)).sum() == 2:
+                        expected |= inst[i] == k + 1
+            assert np.array_equal(look, expected) and not (dis & (inst[i] <= 1)).any()
