@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     figure = _figure_cli()
     if figure is not None:
         figure.add_parser(sub)  # interface: analysis.figure_cli.add_parser(sub), .run(args) -> int
+    importlib.import_module("analysis.view_cli").add_parser(sub)  # caap view: the interactive HTML viewer
     return parser
 
 
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             return bench.run(args)
         if args.command == "figure":
             return _figure_cli().run(args)
+        if args.command == "view":
+            return importlib.import_module("analysis.view_cli").run(args)
         return caap_cli.explain(args)
     except (bench.UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
         print("caap: " + " ".join(str(err).splitlines()), file=sys.stderr)
