@@ -24,6 +24,7 @@ _BUILTINS: dict[str, str] = {
     "aupr": "analysis.metrics.paper:aupr_metric",
     "pointing-game": "analysis.metrics.paper:pointing_game_metric",
     "avg-drop": "analysis.metrics.avg_drop:metric",
+    "perturbation": "analysis.metrics.perturbation:metric",
 }
 _USER: dict[str, Callable[..., "Metric"]] = {}
 
@@ -39,12 +40,13 @@ class Context:
     target: int
     mask: Bool[Tensor, "H W"] | None
     ignore: Bool[Tensor, "H W"] | None
-    explain: Mapping[str, Callable[[Tensor, Tensor], Tensor]]
+    explain: Mapping[str, Callable[[Tensor, Tensor], Tensor]] = field(default_factory=dict)
     rebuild: Callable[[str, Any], Callable[[Tensor, Tensor], Tensor]] | None = None
     sample: str = ""
     seed: int = 0
     memory_budget_gb: float = 1.0
     batch_size: int | None = None
+    label: int | None = None  # the dataset's label (Chefer's perturbation accuracy)
 
 
 Score = Callable[[Context, Sequence[str], Sequence[Float[Tensor, "1 h w"]]], list[dict]]
