@@ -25,6 +25,7 @@ _BUILTINS: dict[str, str] = {
     "pointing-game": "analysis.metrics.paper:pointing_game_metric",
     "avg-drop": "analysis.metrics.avg_drop:metric",
     "perturbation": "analysis.metrics.perturbation:metric",
+    "segmentation": "analysis.metrics.segmentation:metric",
 }
 _USER: dict[str, Callable[..., "Metric"]] = {}
 
