@@ -26,6 +26,7 @@ _BUILTINS: dict[str, str] = {
     "avg-drop": "analysis.metrics.avg_drop:metric",
     "perturbation": "analysis.metrics.perturbation:metric",
     "segmentation": "analysis.metrics.segmentation:metric",
+    "random-logit": "analysis.metrics.random_logit:metric",
 }
 _USER: dict[str, Callable[..., "Metric"]] = {}
 
