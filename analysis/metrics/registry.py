@@ -27,6 +27,8 @@ _BUILTINS: dict[str, str] = {
     "perturbation": "analysis.metrics.perturbation:metric",
     "segmentation": "analysis.metrics.segmentation:metric",
     "random-logit": "analysis.metrics.random_logit:metric",
+    "infidelity": "analysis.metrics.captum_metrics:infidelity_metric",
+    "max-sensitivity": "analysis.metrics.captum_metrics:sensitivity_metric",
 }
 _USER: dict[str, Callable[..., "Metric"]] = {}
 
