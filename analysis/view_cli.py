@@ -1,6 +1,7 @@
 """``caap view``: write the interactive viewer (:mod:`analysis.viewer`) as one offline HTML file.
 
-    caap view IMAGE... (--model NAME | --weights FILE | --hf NAME_OR_DIR) --methods caap,gae [--classes K] --out view.html
+    caap view IMAGE... (--model NAME | --weights FILE | --hf NAME_OR_DIR) --methods caap,gae [--classes K] \
+        --out view.html
     caap view --results DIR --out view.html          # a `caap bench --out` folder: curves and metric rows per image
 
 Every user error (missing image, unknown method, bad --classes, --out a directory, ...) is one line on stderr with

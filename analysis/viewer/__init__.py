@@ -47,8 +47,8 @@ def _inputs(model, images, names) -> list[tuple[str, torch.Tensor]]:
         xs = [images[i:i + 1] for i in range(images.shape[0])]
         default = [f"image {i}" for i in range(len(xs))]
     else:
-        if isinstance(images, (str, Path)) or not isinstance(images, Sequence) or not images:
-            images = [images] if isinstance(images, (str, Path)) else images
+        if isinstance(images, (str, Path)) or hasattr(images, "convert"):  # one file or one PIL image
+            images = [images]
         if not isinstance(images, Sequence) or not images:
             raise ValueError(f"images must be a tensor, or a non-empty list of files or PIL images; got {images!r}")
         xs, default = [], []
@@ -59,7 +59,8 @@ def _inputs(model, images, names) -> list[tuple[str, torch.Tensor]]:
                 pil, label = item, f"image {i}"
             else:
                 raise ValueError(f"images[{i}] must be a file path or a PIL image; got {type(item).__name__}")
-            pil = flatten_alpha(pil if pil.mode in ("RGB", "RGBA") else pil.convert("RGB"), blank_colour("white", model.cfg.mean))
+            pil = pil if pil.mode in ("RGB", "RGBA") else pil.convert("RGB")
+            pil = flatten_alpha(pil, blank_colour("white", model.cfg.mean))  # transparent pixels: white
             xs.append(model.transform(pil)[None])
             default.append(label)
     if names is not None and len(names) != len(xs):

@@ -1,5 +1,5 @@
-"""One self-contained HTML page: ``viewer.css`` and ``viewer.js`` (beside this file) inlined, the data as one JSON
-block, images as data URIs. A Content-Security-Policy forbids every request (``default-src 'none'``; only
+"""One self-contained HTML page: ``viewer.css`` and the ``viewer*.js`` parts (beside this file) inlined, the data
+as one JSON block, images as data URIs. A Content-Security-Policy forbids every request (``default-src 'none'``; only
 inline code and ``data:``/``blob:`` images), so the page works offline and nothing leaves it."""
 from __future__ import annotations
 
@@ -8,13 +8,19 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).parent
+SCRIPTS = ("viewer.js", "viewer_attention.js", "viewer_results.js", "viewer_layout.js")  # one scope, this order
 CSP = ("default-src 'none'; img-src data: blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
        "base-uri 'none'; form-action 'none'")
 
 
 def asset(name: str) -> str:
-    """The text of ``viewer.js`` / ``viewer.css``."""
+    """The text of ``viewer.css`` or one of :data:`SCRIPTS`."""
     return (HERE / name).read_text(encoding="utf-8")
+
+
+def script() -> str:
+    """The page's code: :data:`SCRIPTS` as the body of one strict-mode function (a shared private scope)."""
+    return "(function () {\n\"use strict\";\n" + "\n".join(asset(name) for name in SCRIPTS) + "})();"
 
 
 def script_json(doc: dict) -> str:
@@ -33,7 +39,7 @@ def render(doc: dict) -> str:
         f"<title>{title}</title>\n<style>\n{asset('viewer.css')}\n</style>\n</head>\n<body>\n"
         "<div id=\"app\">loading…</div>\n"
         f"<script type=\"application/json\" id=\"viewer-data\">{script_json(doc)}</script>\n"
-        f"<script>\n{asset('viewer.js')}\n</script>\n</body>\n</html>\n"
+        f"<script>\n{script()}\n</script>\n</body>\n</html>\n"
     )
 
 

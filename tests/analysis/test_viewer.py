@@ -18,7 +18,8 @@ from caap import get_method
 from tests.conftest import FAMILIES, make_hooked, make_timm, random_images
 
 METHODS = ["caap", "gae", "rollout"]
-CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1100"]
 
@@ -27,7 +28,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 def built():
     model = make_hooked("vit")
     x = random_images(model, 2)
-    return model, x, View(model, x, methods=METHODS, classes=3, names=["first", "second"])
+    page = View(model, x, methods=METHODS, classes=3, names=["first", "second"],
+                sweep_blanks=("white", "black", "noisy"))
+    return model, x, page
 
 
 # ------------------------------------------------------------------ the data, against the methods themselves
@@ -40,7 +43,7 @@ def test_maps_and_sweep_equal_the_methods(built):
         expected = get_method(name, model).attribute(batch, target=target)
         torch.testing.assert_close(d.maps[name], expected.float(), rtol=0, atol=1e-6)
     sweep = d.sweeps["caap"]
-    assert sweep["ends"] == [0, 1, 2] and sweep["blanks"] == ["white", "black", "mean", "noisy", "blur_noisy"]
+    assert sweep["ends"] == [0, 1, 2] and sweep["blanks"] == ["white", "black", "noisy"]
     assert sweep["default"] == {"end": 2, "blank": "white"}  # ceil(2 * 3 / 3) = 2
     for blank, end in (("black", 0), ("noisy", 1), ("white", 2)):
         expected = get_method("caap", model, layers=(0, end), blank=blank).attribute(batch, target=target)
@@ -73,6 +76,32 @@ def test_top_classes_lens_and_attention(built):
     codes, scale = quantize_rows(pattern)
     back = dequantize_rows(codes, scale)
     assert np.all(np.abs(back - pattern.numpy()) <= scale[..., None] / 510 + 1e-7)
+
+
+def test_api_errors_are_one_clear_line():
+    model = make_hooked("vit")
+    x = random_images(model, 1)
+    for kwargs, message in ((dict(), "give images (with a model) or results"),
+                            (dict(images=x), "images need a model"),
+                            (dict(model=model, images=x, classes=0), "classes must be an int >= 1"),
+                            (dict(model=model, images=x, methods="caap,nope"), "unknown method(s) 'nope'"),
+                            (dict(model=model, images=x, sweep_blanks=("grey",)), "sweep_blanks must be among"),
+                            (dict(model=model, images=x, sweep_ends=(3,)), "sweep_ends must be block indices"),
+                            (dict(model=make_hooked("clip_headless"), images=x), "needs a classifier head")):
+        with pytest.raises((ValueError, TypeError)) as err:
+            View(**{"methods": ["caap"], **kwargs})
+        assert message in str(err.value) and "\n" not in str(err.value), (kwargs.keys(), str(err.value))
+
+
+def test_pil_image_input_uses_the_model_transform():
+    model = make_hooked("vit")
+    picture = Image.fromarray((np.random.default_rng(3).random((80, 96, 3)) * 255).astype("uint8"))
+    page = View(model, picture, methods=["rollout"], classes=2, sweep=False, attention=False, lens=False)
+    x = model.transform(picture)[None]
+    torch.testing.assert_close(page.images[0].maps["rollout"],
+                               get_method("rollout", model).attribute(x.expand(2, -1, -1, -1),
+                                                                      target=torch.tensor(page.images[0].classes)))
+    assert page.images[0].name == "image 0" and page.images[0].lens is None
 
 
 def test_page_is_self_contained(built):
