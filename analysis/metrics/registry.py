@@ -29,6 +29,7 @@ _BUILTINS: dict[str, str] = {
     "random-logit": "analysis.metrics.random_logit:metric",
     "infidelity": "analysis.metrics.captum_metrics:infidelity_metric",
     "max-sensitivity": "analysis.metrics.captum_metrics:sensitivity_metric",
+    "mprt": "analysis.metrics.mprt:metric",
 }
 _USER: dict[str, Callable[..., "Metric"]] = {}
 
