@@ -45,7 +45,12 @@ class ImageData:
 
 
 def check_classifier(model) -> None:
-    """The viewer explains classes: a headless/embedding model is refused in one line."""
+    """The viewer explains a ViT's classes: other models and headless/embedding ViTs are refused in one line."""
+    from vit_lens import HookedViT
+
+    if not isinstance(model, HookedViT):
+        raise ValueError(f"model must be a vit_lens.HookedViT (the viewer shows attention per head and a logit lens); "
+                         f"got {type(model).__name__}. Port a timm ViT with HookedViT.from_timm(model)")
     if model.cfg.num_classes == 0 or getattr(model.cfg, "head_output", "logits") == "embedding":
         raise ValueError(f"model {model.cfg.model_name or ''!r} outputs an embedding, not class logits: the viewer "
                          f"shows maps per predicted class and needs a classifier head")

@@ -87,7 +87,8 @@ def test_api_errors_are_one_clear_line():
                             (dict(model=model, images=x, methods="caap,nope"), "unknown method(s) 'nope'"),
                             (dict(model=model, images=x, sweep_blanks=("grey",)), "sweep_blanks must be among"),
                             (dict(model=model, images=x, sweep_ends=(3,)), "sweep_ends must be block indices"),
-                            (dict(model=make_hooked("clip_headless"), images=x), "needs a classifier head")):
+                            (dict(model=make_hooked("clip_headless"), images=x), "needs a classifier head"),
+                            (dict(model=make_timm("vit"), images=x), "model must be a vit_lens.HookedViT")):
         with pytest.raises((ValueError, TypeError)) as err:
             View(**{"methods": ["caap"], **kwargs})
         assert message in str(err.value) and "\n" not in str(err.value), (kwargs.keys(), str(err.value))
@@ -234,6 +235,20 @@ def test_attention_and_lens_views(browser, built, tmp_path):
     assert abs(value - float(d.attention[0, 0, token + 5, token + 7])) <= float(scale[0, 0, token + 5]) / 510 + 1e-7
     top = browser.find_element("id", "lens-readout").get_attribute("data-top")
     assert int(top) == int(d.lens["top"][-1, token + 7])
+
+
+def test_inline_jupyter_view_runs_in_its_iframe(browser, built, tmp_path):
+    model, _, page = built
+    open_page(browser, f"<!DOCTYPE html><html><body>{page._repr_html_()}</body></html>", tmp_path, "host.html")
+    browser.switch_to.frame(browser.find_element("tag name", "iframe"))
+    try:
+        panels = browser.find_elements("css selector", ".panel[data-method]")
+        assert [p.get_attribute("data-method") for p in panels] == METHODS
+        hover(browser, "rollout", 6)
+        assert readouts(browser)["rollout"] == expected(page.images[0].maps["rollout"][0], 6)
+    finally:
+        browser.switch_to.default_content()
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
 
 def test_no_request_leaves_the_page(browser, built, tmp_path):
