@@ -28,8 +28,9 @@ SENSITIVITY_RADIUS = 0.02
 SENSITIVITY_SAMPLES = 10
 
 
-def _batch(ctx: Context) -> int:
-    return ctx.batch_size or batch_size_for(ctx.model, ctx.memory_budget_gb)
+def _batch(ctx: Context, samples: int) -> int:
+    """Captum's ``max_examples_per_batch``: the engine's batch, at most the perturbed copies of one image."""
+    return min(ctx.batch_size or batch_size_for(ctx.model, ctx.memory_budget_gb), samples)
 
 
 def infidelity_score(ctx: Context, names, maps) -> list[dict]:
@@ -52,7 +53,8 @@ def infidelity_score(ctx: Context, names, maps) -> list[dict]:
         attribution = to_pixels(m.float(), size)[:, None].expand(-1, chans, -1, -1).to(ctx.image.device)
         with torch.no_grad():
             value = infidelity(forward, perturb, ctx.image, attribution, target=target,
-                               n_perturb_samples=INFIDELITY_SAMPLES, max_examples_per_batch=_batch(ctx),
+                               n_perturb_samples=INFIDELITY_SAMPLES,
+                               max_examples_per_batch=_batch(ctx, INFIDELITY_SAMPLES),
                                normalize=True)
         rows.append({"infidelity": float(value[0])})
     return rows
@@ -72,7 +74,8 @@ def sensitivity_score(ctx: Context, names, maps) -> list[dict]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(image_seed(ctx.seed, ctx.sample) + k)
             value = sensitivity_max(explain, ctx.image, perturb_radius=SENSITIVITY_RADIUS,
-                                    n_perturb_samples=SENSITIVITY_SAMPLES, max_examples_per_batch=_batch(ctx),
+                                    n_perturb_samples=SENSITIVITY_SAMPLES,
+                                    max_examples_per_batch=_batch(ctx, SENSITIVITY_SAMPLES),
                                     target=target)
         rows.append({"max_sens": float(value[0])})
     return rows
