@@ -171,11 +171,13 @@ def _check_out_dir(out: Path, settings: dict) -> dict:
                             f"{_short(old_methods.get(m))}, now {_short(settings['method_settings'][m])}); "
                             f"use another --out")
         old_metrics = old.get("metric_settings") or {}  # runs before --metrics: the paper's four, no settings
-        changed = [m for m in settings["metrics"] if m in old_metrics and old_metrics[m] != settings["metric_settings"][m]]
+        changed = [m for m in settings["metrics"]
+                   if m in old_metrics and old_metrics[m] != settings["metric_settings"][m]]
         if changed:
             m = changed[0]
             raise UserError(f"--out {out}: metric {m!r} was scored with other settings (run.json "
-                            f"{_short(old_metrics[m])}, now {_short(settings['metric_settings'][m])}); use another --out")
+                            f"{_short(old_metrics[m])}, now {_short(settings['metric_settings'][m])}); "
+                            f"use another --out")
         from analysis.metrics import PAPER
 
         settings = {**settings, "methods": list(dict.fromkeys(old.get("methods", []) + settings["methods"])),
