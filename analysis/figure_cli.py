@@ -312,7 +312,7 @@ def _check_bench_run(results: Path, expected: dict, digests: dict[str, str]) -> 
 def _bench_curves(results: Path, methods: list[str], samples, expected: dict) -> dict:
     """Curves stored by ``caap bench`` rows (``row["curves"]``) for ``methods`` and ``samples``, from a run whose
     settings equal ``expected`` (see :func:`_check_bench_run`)."""
-    from analysis.bench import RESULT_GLOB, _read_foreign
+    from analysis.results import RESULT_GLOB, read_foreign
     from analysis.provenance import sample_digests
 
     paths = sorted(results.glob(RESULT_GLOB))
@@ -322,7 +322,7 @@ def _bench_curves(results: Path, methods: list[str], samples, expected: dict) ->
     names = {s.name for s in samples}
     found: dict[str, dict[str, dict]] = {}
     for path in paths:
-        for r in _read_foreign(path):
+        for r in read_foreign(path):
             if r.get("method") in methods and r.get("sample") in names and r.get("curves"):
                 found.setdefault(r["method"], {}).setdefault(r["sample"], r["curves"])
     return found
