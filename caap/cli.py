@@ -37,7 +37,7 @@ def add_explain_arguments(ex: argparse.ArgumentParser) -> argparse.ArgumentParse
     ex.add_argument("--out", help="file to write (.png unless another matplotlib suffix is given; no suffix: "
                                   ".png is added); an existing directory or a path ending in '/' gets "
                                   "IMAGE_caap.png inside it (default: IMAGE_caap.png beside the image)")
-    ex.add_argument("--engine", default="parallel", choices=["parallel", "efficient", "loop"])
+    ex.add_argument("--engine", default="parallel", choices=["parallel", "efficient", "loop", "atp", "atp-star"])
     ex.add_argument("--blank", default="white", choices=list(BLANKS),
                     help="blank context; transparent pixels are composited onto its colour")
     ex.add_argument("--layers", type=int, nargs=2, metavar=("START", "END"), help="patched blocks (inclusive)")
