@@ -111,10 +111,13 @@ class HookedViT(TransformerLensCompat, TransformerLensWeights, HookedRootModule)
     def from_open_clip(cls, model_or_name: nn.Module | str, **kwargs: Any) -> "HookedViT":
         """Port an open_clip image tower (a CLIP / CustomTextCLIP, its ``.visual``, or a name with
         ``pretrained=`` tag, path or None): the output is ``encode_image(x)``, the transform open_clip's
-        eval transform. Options: see :func:`vit_lens.loading.open_clip.hooked_vit_from_open_clip`."""
+        eval transform. Options: see :func:`vit_lens.loading.open_clip.hooked_vit_from_open_clip`. Takes the
+        weight processing options of :meth:`from_timm`."""
         from vit_lens.loading import hooked_vit_from_open_clip
+        from vit_lens.processing import pop_processing_options, process_weights
 
-        return hooked_vit_from_open_clip(cls, model_or_name, **kwargs)
+        options = pop_processing_options(kwargs)
+        return process_weights(hooked_vit_from_open_clip(cls, model_or_name, **kwargs), **options)
 
     # ------------------------------------------------------------------ preprocessing
     @cached_property

@@ -239,3 +239,16 @@ def test_text_embedding_as_caap_score_parallel_equals_loop():
     assert loop.shape == (2, 4, 4) and loop.abs().max() <= 2
     assert loop.std() > 1e-4  # a non-constant map
     assert (parallel - loop).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("options", [dict(fold_ln=True), dict(fold_ln=True, center_writing_weights=True,
+                                                              fold_value_biases=True)])
+def test_weight_processing_keeps_encode_image(options):
+    """TransformerLens's weight processing options apply to open_clip towers too (CLIP's ln_pre stays affine)."""
+    clip = tiny_clip(quick_gelu=True)
+    model = HookedViT.from_open_clip(clip, **options)
+    assert model.cfg.normalization_type == "LNPre"
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = clip.encode_image(x)
+        assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
