@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from analysis.datasets.synthetic_scenes import CLASS_NAMES, generate
+from analysis.datasets.synthetic_scenes import CLASS_NAMES, NONE, generate, render, sample_scenes
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,10 @@ TIMM_NAME = "vit_tiny_patch16_224"
 MEAN = STD = (0.5, 0.5, 0.5)
 
 
-def model_kwargs(size: int = 64, width: int = 96, depth: int = 6, heads: int = 3, mlp_ratio: float = 2.0) -> dict:
+def model_kwargs(size: int = 64, width: int = 96, depth: int = 6, heads: int = 3, mlp_ratio: float = 2.0,
+                 num_classes: int = len(CLASS_NAMES)) -> dict:
     return dict(img_size=size, patch_size=8, embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio,
-                num_classes=len(CLASS_NAMES), global_pool="token")
+                num_classes=num_classes, global_pool="token")
 
 
 def data_config(size: int) -> dict:
@@ -69,7 +70,7 @@ def accuracy(model: nn.Module, n: int, seed, size: int, device="cpu") -> tuple[f
 def train(out: Path, *, seed: int = 0, steps: int = 2000, batch: int = 64, lr: float = 1e-3,
           size: int = 64, width: int = 96, depth: int = 6, heads: int = 3, mlp_ratio: float = 2.0,
           device: str = "cpu", minutes: float | None = None, n_heldout: int = 2000, n_check: int = 200,
-          eval_every: int = 250, progress: bool = True) -> dict:
+          eval_every: int = 250, none_fraction: float = 0.125, progress: bool = True) -> dict:
     """Train, save ``out/model.safetensors`` + ``out/model.json``, return the summary written to the sidecar."""
     import timm
     from safetensors.torch import save_file
@@ -77,8 +78,11 @@ def train(out: Path, *, seed: int = 0, steps: int = 2000, batch: int = 64, lr: f
 
     if steps < 1 or batch < 1:
         raise ValueError(f"steps and batch must be >= 1; got steps={steps}, batch={batch}")
+    if not 0 <= none_fraction < 1:
+        raise ValueError(f"none_fraction must be in [0, 1); got {none_fraction}")
+    n_none = round(batch * none_fraction)
     torch.manual_seed(seed)
-    kwargs = model_kwargs(size, width, depth, heads, mlp_ratio)
+    kwargs = model_kwargs(size, width, depth, heads, mlp_ratio, len(CLASS_NAMES) - (none_fraction == 0))
     model = timm.create_model(TIMM_NAME, pretrained=False, **kwargs).to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n and "token" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n and "token" not in n)]
@@ -99,8 +103,12 @@ def train(out: Path, *, seed: int = 0, steps: int = 2000, batch: int = 64, lr: f
             log.warning("stopped at step %d of %d: --minutes %.1f reached", step, steps, minutes)
             break
         model.train()
-        scenes, images, _ = generate(batch, [seed, 0, step], size)
-        x, y = to_input(images, device), torch.from_numpy(scenes.label).to(device)
+        scenes = sample_scenes(batch, [seed, 0, step], size)
+        drop = np.zeros_like(scenes.present)
+        drop[:n_none, 0] = True                       # the first rows lose their causal object: class NONE
+        images, _ = render(scenes, drop)
+        labels = np.where(drop[:, 0], NONE, scenes.label)
+        x, y = to_input(images, device), torch.from_numpy(labels).to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         loss = nn.functional.cross_entropy(model(x), y)
@@ -120,15 +128,21 @@ def train(out: Path, *, seed: int = 0, steps: int = 2000, batch: int = 64, lr: f
     model = model.cpu().eval()
     acc, correct = accuracy(model, n_heldout, [seed, 1], size)
     check_acc, check_correct = accuracy(model, n_check, [seed, 2], size)
+    none_scenes = sample_scenes(500, [seed, 1, 1], size)
+    drop = np.zeros_like(none_scenes.present)
+    drop[:, 0] = True
+    none_acc = float((predict(model, render(none_scenes, drop)[0]) == NONE).mean())
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
     summary = {"steps": done, "steps_planned": steps, "batch": batch, "lr": lr, "seed": seed, "device": device,
                "train_minutes": round(minutes_used, 2), "threads": torch.get_num_threads(),
                "heldout": {"seed": [seed, 1], "n": n_heldout, "accuracy": acc, "correct": correct},
                "check": {"seed": [seed, 2], "n": n_check, "accuracy": check_acc, "correct": check_correct},
+               "none_fraction": none_fraction,
+               "none_heldout": {"seed": [seed, 1, 1], "n": 500, "accuracy_none": none_acc},
                "history": history}
     sidecar = {"timm_model_name": TIMM_NAME, "create_model_kwargs": kwargs, "data_config": data_config(size),
-               "class_names": list(CLASS_NAMES), "generator": "analysis.datasets.synthetic_scenes",
+               "class_names": list(CLASS_NAMES[:kwargs["num_classes"]]), "generator": "analysis.datasets.synthetic_scenes",
                "image_size": size, "training": summary}
     (out / "model.json").write_text(json.dumps(sidecar, indent=1) + "\n")
     return summary
@@ -150,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a CPU shared with other jobs, 2 threads ran 5x slower)")
     p.add_argument("--minutes", type=float, help="wall-time cap")
+    p.add_argument("--none-fraction", type=float, default=0.125,
+                   help="share of each batch whose causal object is painted over, labelled 'none' (0: 8 classes)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -158,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     summary = train(args.out, seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr, width=args.width,
                     depth=args.depth, heads=args.heads, mlp_ratio=args.mlp_ratio, device=args.device,
-                    minutes=args.minutes,
+                    minutes=args.minutes, none_fraction=args.none_fraction,
                     progress=not args.no_progress)
     capped = (" (stopped by --minutes before the planned steps)"
               if summary["steps"] < summary["steps_planned"] else "")

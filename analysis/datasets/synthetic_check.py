@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis.datasets.synthetic_scenes import render, sample_scenes
+from analysis.datasets.synthetic_scenes import LOOKALIKE, combo_id, render, sample_scenes
 
 
 @dataclass
@@ -29,6 +29,9 @@ class CausalCheck:
     accuracy: float
     n_correct: int
     causal_flip_rate: float      # among correct scenes: prediction changes when the causal object is removed
+    causal_flip_rate_with_lookalike: float     # ... in scenes where a look-alike of the label class remains
+    causal_flip_rate_without_lookalike: float  # ... in scenes where none does
+    n_with_lookalike: int
     distractor_flip_rate: float  # among (correct scene, distractor) pairs: prediction changes when it is removed
     n_distractors: int
 
@@ -58,7 +61,9 @@ def causal_check(model, n: int = 1000, seed=(0, 6), size: int | None = None) -> 
     sub = scenes.take(correct)
     drop = np.zeros_like(sub.present)
     drop[:, 0] = True
-    causal_flips = (_predict(model, render(sub, drop)[0]) != pred[correct]).mean()
+    causal_flips = _predict(model, render(sub, drop)[0]) != pred[correct]
+    combos = combo_id(sub.shape, sub.texture, sub.colour)                     # [n, K]
+    look = (LOOKALIKE[combos, sub.label[:, None]] & sub.present)[:, sub.n_causal:].any(1)
     flips, count = 0, 0
     for k in range(sub.n_causal, sub.present.shape[1]):
         has = np.flatnonzero(sub.present[:, k])
@@ -69,8 +74,9 @@ def causal_check(model, n: int = 1000, seed=(0, 6), size: int | None = None) -> 
         drop[:, k] = True
         flips += int((_predict(model, render(one, drop)[0]) != pred[correct][has]).sum())
         count += has.size
-    return CausalCheck(n, correct.size / n, int(correct.size), float(causal_flips),
-                       flips / count if count else float("nan"), count)
+    rate = (lambda x: float(x.mean()) if x.size else float("nan"))
+    return CausalCheck(n, correct.size / n, int(correct.size), rate(causal_flips), rate(causal_flips[look]),
+                       rate(causal_flips[~look]), int(look.sum()), flips / count if count else float("nan"), count)
 
 
 def main(argv: list[str] | None = None) -> int:

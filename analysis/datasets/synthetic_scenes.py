@@ -30,7 +30,10 @@ COLOUR_NAMES = tuple(COLOURS)
 CLASSES = (("circle", "solid", "red"), ("circle", "stripes", "blue"), ("square", "checker", "red"),
            ("square", "solid", "green"), ("triangle", "stripes", "green"), ("triangle", "checker", "yellow"),
            ("cross", "solid", "blue"), ("cross", "stripes", "yellow"))
-CLASS_NAMES = tuple("-".join(c) for c in CLASSES)
+# the classifier's outputs: one per causal object, then NONE = "no causal object in the scene" (training shows
+# scenes whose causal object was painted over, so removing it has somewhere to go: the intervention check)
+NONE = len(CLASSES)
+CLASS_NAMES = tuple("-".join(c) for c in CLASSES) + ("none",)
 CELL = 32          # pixels per layout cell
 PERIOD = 3         # texture half-period in pixels
 OFF = 0.35         # brightness of a texture's dark phase

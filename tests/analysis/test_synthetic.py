@@ -92,7 +92,7 @@ def test_written_folder_is_the_dataset_with_its_masks(tmp_path):
     info = synthetic.write(tmp_path / "d", n=12, n_pairs=6, seed=3)
     assert info["class_names"] == list(ss.CLASS_NAMES)
     data = get_dataset("synthetic", tmp_path / "d")
-    assert (len(data.samples), data.num_classes, data.has_masks, data.split) == (12, 8, True, "single")
+    assert (len(data.samples), data.num_classes, data.has_masks, data.split) == (12, 9, True, "single")  # + none
     scenes, images, inst = ss.generate(12, [3, 4])
     rows = list(csv.DictReader(open(tmp_path / "d" / "manifest.csv")))
     for i, s in enumerate(data.samples):
