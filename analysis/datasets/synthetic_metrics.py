@@ -106,6 +106,14 @@ def rank_metric() -> Metric:
                   settings={"map": "bilinear to pixels", "k": "mask size", "ties": "fractional"})
 
 
+ORACLE = "oracle-patch"
+
+
+def _patch_share(region: Bool[Tensor, "H W"], patch: tuple[int, int]) -> Float[Tensor, "h w"]:
+    """The fraction of each patch covered by ``region``: the reference row ``oracle-patch`` of the tables."""
+    return torch.nn.functional.avg_pool2d(region[None, None].float(), patch)[0, 0]
+
+
 def _se(values: list[float]) -> tuple[float, float]:
     v = np.asarray([x for x in values if x is not None], float)
     return (float(v.mean()), float(v.std() / np.sqrt(len(v)))) if len(v) else (float("nan"), float("nan"))
@@ -117,7 +125,8 @@ def score_folder(model, root, methods: list[str], n: int | None = None, seed: in
     the model classifies correctly. Singles explain the predicted (= true) class: ``mass`` / ``rank`` on its
     causal object, ``lookalike`` / ``distractor`` mass. Pairs explain each causal object's class in turn:
     ``mass`` on that object, ``other`` on the other causal object (correct = predicts one of the two).
-    Returns ({method: {metric: (mean, SE)}}, counts)."""
+    ``oracle-patch`` among ``methods`` scores each patch's share of the object (the patch-level ceiling).
+    Returns ({method: {metric: (mean, SE, n)}}, counts)."""
     from tqdm import tqdm
 
     from analysis.data import load_sample, subset
@@ -127,7 +136,9 @@ def score_folder(model, root, methods: list[str], n: int | None = None, seed: in
     data = get_dataset("synthetic", root, split)
     samples = subset(data.samples, n, seed)
     rows = {Path(r["image"]).stem: r for r in csv.DictReader(open(Path(root) / "manifest.csv", newline=""))}
-    built = {name: get_method(name, model).attribute for name in methods}
+    built = {name: get_method(name, model).attribute for name in methods if name != ORACLE}
+    if ORACLE in methods:
+        built[ORACLE] = None
     scores = {m: {} for m in methods}
     counts = {"images": len(samples), "correct": 0}
     for sample in tqdm(samples, disable=not progress, desc="gt metrics", mininterval=10):
@@ -147,7 +158,10 @@ def score_folder(model, root, methods: list[str], n: int | None = None, seed: in
             own = torch.from_numpy(inst == (1 + targets.index(target) if sample.objects else 1))
             look, dis = lookalike_region(inst, row["objects"], target)
             for name, attribute in built.items():
-                amap = attribute(loaded.image, torch.tensor([target], device=loaded.image.device))[0].detach()
+                if attribute is None:  # the best a patch-level map can do: each patch's share of the object
+                    amap = _patch_share(own, tuple(model.cfg.patch_size))
+                else:
+                    amap = attribute(loaded.image, torch.tensor([target], device=loaded.image.device))[0].detach()
                 got = scores[name]
                 got.setdefault("mass", []).append(relevance_mass(amap, own))
                 got.setdefault("rank", []).append(rank_accuracy(amap, own))

@@ -179,3 +179,27 @@ def test_lookalike_region_marks_the_distractors_resembling_the_explained_class()
                     if (ss.CLASS_IDS[target] == features(scenes, i, k)).sum() == 2:
                         expected |= inst[i] == k + 1
             assert np.array_equal(look, expected) and not (dis & (inst[i] <= 1)).any()
+
+
+@pytest.mark.skipif(not CHECKPOINT.is_file(), reason="the committed checkpoint is absent")
+def test_score_folder_scores_each_explained_object_against_its_own_mask(tmp_path):
+    from analysis.data import load_sample
+    from analysis.datasets.synthetic_metrics import relevance_mass, score_folder
+    from caap import get_method
+
+    torch.set_num_threads(1)
+    synthetic.write(tmp_path / "d", n=6, n_pairs=4, seed=1)
+    model = HookedViT.from_checkpoint(CHECKPOINT)
+    result, counts = score_folder(model, tmp_path / "d", ["oracle-patch", "ixg+"], progress=False)
+    expected = []
+    for s in get_dataset("synthetic", tmp_path / "d").samples:
+        loaded = load_sample(model, s)
+        pred = int(model(loaded.image).argmax(-1))
+        if pred == s.label:
+            amap = get_method("ixg+", model).attribute(loaded.image, torch.tensor([pred]))[0]
+            expected.append(relevance_mass(amap, loaded.mask))
+    assert counts["correct"] == len(expected) > 0
+    assert result["ixg+"]["mass"][0] == pytest.approx(np.mean(expected), rel=1e-6)
+    assert result["oracle-patch"]["mass"][0] > 0.6 and result["oracle-patch"]["distractor"][0] < 0.05
+    pairs, _ = score_folder(model, tmp_path / "d", ["oracle-patch"], split="pairs", progress=False)
+    assert pairs["oracle-patch"]["mass"][0] > 0.6 and pairs["oracle-patch"]["other"][0] < 0.05
