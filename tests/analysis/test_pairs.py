@@ -60,7 +60,7 @@ def predictions(model, folder, n):
 def test_manifest_keeps_each_objects_mask(tmp_path):
     save_mask(tmp_path / "s.png", A)
     Image.fromarray(np.zeros((64, 64, 3), "uint8")).save(tmp_path / "s.jpg")
-    csv = write_pairs(tmp_path, [(2, 5)], [f"s.jpg,s.png,3,cls3,single,,,,"])
+    csv = write_pairs(tmp_path, [(2, 5)], ["s.jpg,s.png,3,cls3,single,,,,"])
     pair, single = load_manifest(csv)
     assert pair.objects == (2, 5) and pair.mask == tmp_path / "u0.png"
     assert pair.object_mask(2) == tmp_path / "a0.png" and pair.object_mask(5) == tmp_path / "b0.png"

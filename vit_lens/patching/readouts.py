@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
