@@ -123,3 +123,29 @@ def test_unknown_readout_names_the_allowed_ones_and_other_methods_keep_their_two
     # Grad-CAM's own readout knows logit/prob only: a contrastive name must not silently become the logit
     with pytest.raises(ValueError, match=r"score must be one of \('logit', 'prob'\)"):
         GradCAM(model, score="logit-diff")
+
+
+@pytest.mark.parametrize("kind", NEW)
+def test_atp_engine_linearizes_each_readout_by_the_chain_rule(kind):
+    """AtP is first order around the blank, so its map for a readout is the readout's gradient at the blank's
+    logits applied to the per-class AtP logit maps: log-prob = d z_t - sum_j p_j d z_j, margin = d z_t - d z_r
+    (r: runner-up at the blank), logit-diff = d z_t - mean_{j != t} d z_j (maps compared up to a constant)."""
+    model = make_hooked("vit")
+    image, t = random_images(model, 1, seed=4), 2
+    with torch.no_grad():
+        z = model(blank_image(model, "white"))[0].double()
+    n = z.numel()
+    per_class = torch.stack([CAAP(model, engine="atp").attribute(image, c)[0].double().flatten() for c in range(n)])
+    if kind == "log-prob":
+        weights = torch.eye(n, dtype=torch.float64)[t] - z.softmax(-1)
+    elif kind == "logit-margin":
+        runner_up = int(z.scatter(0, torch.tensor([t]), float("-inf")).argmax())
+        weights = torch.eye(n, dtype=torch.float64)[t] - torch.eye(n, dtype=torch.float64)[runner_up]
+    else:
+        weights = torch.full((n,), -1.0 / (n - 1), dtype=torch.float64)
+        weights[t] = 1.0
+    want = weights @ per_class
+    got = CAAP(model, engine="atp", score=kind).attribute(image, t)[0].double().flatten()
+    centred = lambda m: m - m.mean()  # noqa: E731
+    assert want.std() > 0
+    torch.testing.assert_close(centred(got), centred(want), atol=1e-4 * want.abs().max(), rtol=1e-4)
