@@ -102,10 +102,16 @@ def load(root, split=None, *, name: str):
         raise ValueError(f"{name}: split must be one of {', '.join(SPLITS)}; got {split!r}")
     folder = Path(root)
     manifest = require_file(folder / "manifest.csv", name, LAYOUT)
-    info = json.loads(require_file(folder / "info.json", name, LAYOUT).read_text())
+    info_path = require_file(folder / "info.json", name, LAYOUT)
+    try:
+        info = json.loads(info_path.read_text())
+        class_names = list(info["class_names"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{name}: {str(info_path)!r} is not the info.json of the generator (a JSON object with "
+                         f"'class_names'): {err!r}") from None
     samples = load_manifest(manifest, kind=split)
-    return Dataset(name, samples, len(info["class_names"]), True, "pairs" if split == "pair" else split,
-                   class_names=list(info["class_names"]))
+    return Dataset(name, samples, len(class_names), True, "pairs" if split == "pair" else split,
+                   class_names=class_names)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,6 +113,9 @@ def test_written_folder_is_the_dataset_with_its_masks(tmp_path):
         get_dataset("synthetic", tmp_path / "d", "train")
     with pytest.raises(FileNotFoundError, match="python -m analysis.datasets.synthetic --out DIR"):
         get_dataset("synthetic", tmp_path / "missing")
+    (tmp_path / "d" / "info.json").write_text("{}")
+    with pytest.raises(ValueError, match="info.json' is not the info.json of the generator"):
+        get_dataset("synthetic", tmp_path / "d")
 
 
 def test_training_writes_a_reproducible_checkpoint_that_loads_with_its_recorded_accuracy(tmp_path):
