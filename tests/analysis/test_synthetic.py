@@ -19,6 +19,15 @@ from vit_lens import HookedViT
 CHECKPOINT = Path(__file__).resolve().parents[2] / "assets" / "synthetic_vit" / "model.safetensors"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as the checkpoint's recorded numbers were computed with; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def features(scenes, i, k):
     return int(scenes.shape[i, k]), int(scenes.texture[i, k]), int(scenes.colour[i, k])
 
@@ -119,7 +128,6 @@ def test_written_folder_is_the_dataset_with_its_masks(tmp_path):
 
 
 def test_training_writes_a_reproducible_checkpoint_that_loads_with_its_recorded_accuracy(tmp_path):
-    torch.set_num_threads(1)
     kw = dict(seed=5, steps=3, batch=8, width=32, heads=2, n_heldout=16, n_check=24, eval_every=1000, progress=False)
     summary = train(tmp_path / "a", **kw)
     train(tmp_path / "b", **kw)
@@ -137,7 +145,6 @@ def test_training_writes_a_reproducible_checkpoint_that_loads_with_its_recorded_
 
 @pytest.mark.skipif(not CHECKPOINT.is_file(), reason="the committed checkpoint is absent")
 def test_committed_checkpoint_reproduces_its_recorded_accuracy_and_passes_the_causal_check():
-    torch.set_num_threads(1)
     side = json.loads(CHECKPOINT.with_suffix(".json").read_text())
     check = side["training"]["check"]
     model = HookedViT.from_checkpoint(CHECKPOINT)
@@ -190,7 +197,6 @@ def test_score_folder_scores_each_explained_object_against_its_own_mask(tmp_path
     from analysis.datasets.synthetic_metrics import relevance_mass, score_folder
     from caap import get_method
 
-    torch.set_num_threads(1)
     synthetic.write(tmp_path / "d", n=6, n_pairs=4, seed=1)
     model = HookedViT.from_checkpoint(CHECKPOINT)
     result, counts = score_folder(model, tmp_path / "d", ["oracle-patch", "ixg+"], progress=False)
