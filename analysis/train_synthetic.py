@@ -142,7 +142,8 @@ def train(out: Path, *, seed: int = 0, steps: int = 2000, batch: int = 64, lr: f
                "none_heldout": {"seed": [seed, 1, 1], "n": 500, "accuracy_none": none_acc},
                "history": history}
     sidecar = {"timm_model_name": TIMM_NAME, "create_model_kwargs": kwargs, "data_config": data_config(size),
-               "class_names": list(CLASS_NAMES[:kwargs["num_classes"]]), "generator": "analysis.datasets.synthetic_scenes",
+               "class_names": list(CLASS_NAMES[:kwargs["num_classes"]]),
+               "generator": "analysis.datasets.synthetic_scenes",
                "image_size": size, "training": summary}
     (out / "model.json").write_text(json.dumps(sidecar, indent=1) + "\n")
     return summary
@@ -179,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     capped = (" (stopped by --minutes before the planned steps)"
               if summary["steps"] < summary["steps_planned"] else "")
     print(f"{summary['steps']} steps in {summary['train_minutes']:.1f} min{capped}; held-out accuracy "
-          f"{summary['heldout']['accuracy']:.4f} on {summary['heldout']['n']} scenes; wrote {args.out}/model.safetensors")
+          f"{summary['heldout']['accuracy']:.4f} on {summary['heldout']['n']} scenes; "
+          f"wrote {args.out}/model.safetensors")
     return 0
 
 
