@@ -212,3 +212,30 @@ def test_score_folder_scores_each_explained_object_against_its_own_mask(tmp_path
     assert result["oracle-patch"]["mass"][0] > 0.6 and result["oracle-patch"]["distractor"][0] < 0.05
     pairs, _ = score_folder(model, tmp_path / "d", ["oracle-patch"], split="pairs", progress=False)
     assert pairs["oracle-patch"]["mass"][0] > 0.6 and pairs["oracle-patch"]["other"][0] < 0.05
+
+
+def test_ground_truth_metrics_run_in_caap_bench(tmp_path):
+    """`caap bench --dataset synthetic --metrics gt-mass,gt-rank`: the registered metrics score each map against the
+    causal object's mask, the same value as relevance_mass on the method's own map."""
+    import caap
+    from analysis.cli import main
+    from analysis.data import load_sample
+    from analysis.datasets import get_dataset
+    from analysis.datasets.synthetic_metrics import relevance_mass
+    from vit_lens import HookedViT
+
+    from analysis.datasets.synthetic import write
+
+    weights = Path(__file__).resolve().parents[2] / "assets" / "synthetic_vit" / "model.safetensors"
+    write(tmp_path / "data", n=3, n_pairs=0, seed=5)
+    out = tmp_path / "run"
+    assert main(["bench", "--weights", str(weights), "--dataset", "synthetic", "--root", str(tmp_path / "data"),
+                 "--methods", "gae", "--metrics", "deletion,insertion,aupr,pointing-game,gt-mass,gt-rank",
+                 "--n-steps", "2", "--no-progress", "--out", str(out)]) == 0
+    rows = [json.loads(r) for r in (out / "metrics-gt-mass.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and "Mass ↑" in (out / "table.md").read_text()
+    model = HookedViT.from_checkpoint(weights)
+    sample = get_dataset("synthetic", tmp_path / "data").samples[0]
+    loaded = load_sample(model, sample)
+    gae = caap.get_method("gae", model).attribute(loaded.image, rows[0]["target"])
+    assert abs(rows[0]["gt_mass"] - relevance_mass(gae[0], loaded.mask, loaded.ignore)) < 1e-6
