@@ -244,21 +244,31 @@ def test_figure_curves_refuses_rows_of_another_run(setup, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------ Ctrl-C, checkpoints
 def test_sigint_is_one_line_and_exit_130(setup, tmp_path):
+    """A real SIGINT to the `caap` console script while it scores: one line, exit status 130, rows kept."""
+    data = tmp_path / "many"
+    data.mkdir()
+    rows = ["image,mask,label"]
+    for i in range(200):  # enough images that the run is still scoring when the signal arrives, on any machine
+        shutil.copy(setup / "data" / "im0.png", data / f"im{i}.png")
+        shutil.copy(setup / "data" / "m0.png", data / f"m{i}.png")
+        rows.append(f"im{i}.png,m{i}.png,0")
+    (data / "manifest.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "run"
-    argv = bench_args(setup, out, methods="rise")
-    argv[argv.index("--n-steps") + 1] = "64"
+    argv = bench_args(setup, out, root=data / "manifest.csv", methods="rise")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([str(BIN / "caap"), *argv], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "run.json").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(1.0)
+    results = out / "results.jsonl"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not (results.exists() and results.read_text().strip()):
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "caap: interrupted (rerun the same command to resume)"
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert 1 <= len(results.read_text().splitlines()) < 200
 
 
 def test_explain_refuses_a_pickled_object_in_one_line(setup, tmp_path, capsys):
