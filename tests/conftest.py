@@ -42,3 +42,39 @@ def random_images(model: HookedViT, batch: int = 2, seed: int = 1) -> torch.Tens
 @pytest.fixture(params=list(FAMILIES))
 def family(request):
     return request.param
+
+
+def write_checkpoint(folder, family: str = "vit", seed: int = 0, name: str = "tiny"):
+    """``folder/<name>.safetensors`` + its JSON sidecar (squash preprocessing): what ``--weights`` takes."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    timm_name, kwargs = FAMILIES[family]
+    save_file(make_timm(family, seed=seed).state_dict(), folder / f"{name}.safetensors")
+    (folder / f"{name}.json").write_text(json.dumps({"timm_model_name": timm_name, "create_model_kwargs": kwargs,
+                                                     "data_config": {"crop_pct": 1.0, "crop_mode": "squash"}}))
+    return folder / f"{name}.safetensors"
+
+
+def write_manifest(folder, n: int, seed: int = 0, size: int = 64, n_classes: int = 7):
+    """``n`` random images with a box mask each and ``folder/manifest.csv`` (label ``i % n_classes``, kind single)."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = ["image,mask,label,kind"]
+    for i in range(n):
+        Image.fromarray((rng.random((size, size, 3)) * 255).astype("uint8")).save(folder / f"im{i}.png")
+        mask = np.zeros((size, size), "uint8")
+        mask[8 * i % (size - 24):8 * i % (size - 24) + 24, 16:40] = 255
+        Image.fromarray(mask).save(folder / f"m{i}.png")
+        rows.append(f"im{i}.png,m{i}.png,{i % n_classes},single")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder / "manifest.csv"

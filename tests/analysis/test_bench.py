@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from safetensors.torch import save_file
 
 from analysis.cli import main
-from tests.conftest import FAMILIES, make_timm
+from tests.conftest import write_checkpoint, write_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,19 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
-    name, kwargs = FAMILIES["vit"]
-    save_file(make_timm("vit").state_dict(), tmp / "tiny.safetensors")
-    (tmp / "tiny.json").write_text(json.dumps({"timm_model_name": name, "create_model_kwargs": kwargs,
-                                               "data_config": {"crop_pct": 1.0, "crop_mode": "squash"}}))
-    rng = np.random.default_rng(0)
-    rows = ["image,mask,label,kind"]
-    for i in range(5):
-        Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(tmp / f"im{i}.png")
-        mask = np.zeros((64, 64), "uint8")
-        mask[8 * i:8 * i + 24, 16:40] = 255
-        Image.fromarray(mask).save(tmp / f"m{i}.png")
-        rows.append(f"im{i}.png,m{i}.png,{i % 7},single")
-    (tmp / "manifest.csv").write_text("\n".join(rows) + "\n")
+    write_checkpoint(tmp)
+    write_manifest(tmp, 5)
     return tmp
 
 

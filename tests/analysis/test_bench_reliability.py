@@ -13,46 +13,21 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-from safetensors.torch import save_file
 
 from analysis.cli import build_parser, main
-from tests.conftest import FAMILIES, make_timm
+from tests.conftest import write_checkpoint, write_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def write_dataset(folder: Path, seed: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    rows = ["image,mask,label,kind"]
-    for i in range(4):
-        Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(folder / f"im{i}.png")
-        mask = np.zeros((64, 64), "uint8")
-        mask[8 * i:8 * i + 24, 16:40] = 255
-        Image.fromarray(mask).save(folder / f"m{i}.png")
-        rows.append(f"im{i}.png,m{i}.png,{i % 7},single")
-    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
-    return folder / "manifest.csv"
-
-
-def write_checkpoint(folder: Path, seed: int = 0) -> Path:
-    name, kwargs = FAMILIES["vit"]
-    save_file(make_timm("vit", seed=seed).state_dict(), folder / "tiny.safetensors")
-    (folder / "tiny.json").write_text(json.dumps({"timm_model_name": name, "create_model_kwargs": kwargs,
-                                                  "data_config": {"crop_pct": 1.0, "crop_mode": "squash"}}))
-    return folder / "tiny.safetensors"
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reliable")
     write_checkpoint(tmp)
-    write_dataset(tmp / "data", seed=0)
-    write_dataset(tmp / "other", seed=1)  # same file names, other pixels
+    write_manifest(tmp / "data", 4, seed=0)
+    write_manifest(tmp / "other", 4, seed=1)  # same file names, other pixels
     return tmp
 
 

@@ -7,7 +7,6 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
-from safetensors.torch import save_file
 
 from analysis.cli import main
 from analysis.data import Sample, decode_mask, load_manifest, load_sample
@@ -15,7 +14,7 @@ from analysis.datasets import get_dataset
 from analysis.datasets._common import imagenet_wnids
 from analysis.evaluate import score_sample, Protocol
 from analysis.sweeps import load_instance_manifest
-from tests.conftest import FAMILIES, make_hooked, make_timm
+from tests.conftest import make_hooked, write_checkpoint
 
 WNIDS = imagenet_wnids()
 
@@ -230,12 +229,7 @@ def test_imagenet_val_solution_rows(tmp_path, rows, message):
 # ------------------------------------------------------------------------------------------ through the CLI
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ckpt")
-    name, kwargs = FAMILIES["vit"]
-    save_file(make_timm("vit").state_dict(), tmp / "tiny.safetensors")
-    (tmp / "tiny.json").write_text(json.dumps({"timm_model_name": name, "create_model_kwargs": kwargs,
-                                               "data_config": {"crop_pct": 1.0, "crop_mode": "squash"}}))
-    return tmp / "tiny.safetensors"
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def test_bench_on_masks_in_another_encoding_exits_2_in_one_line(tmp_path, checkpoint, capsys):

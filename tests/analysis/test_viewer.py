@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from analysis.cli import main
 from analysis.viewer import View
 from analysis.viewer.encode import decode_f32, dequantize_rows, quantize_rows
 from caap import get_method
-from tests.conftest import FAMILIES, make_hooked, make_timm, random_images
+from tests.conftest import make_hooked, make_timm, random_images, write_checkpoint, write_manifest
 
 METHODS = ["caap", "gae", "rollout"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -268,19 +267,8 @@ def test_no_request_leaves_the_page(browser, built, tmp_path):
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("viewer_bench")
-    name, kwargs = FAMILIES["vit"]
-    save_file(make_timm("vit").state_dict(), tmp / "tiny.safetensors")
-    (tmp / "tiny.json").write_text(json.dumps({"timm_model_name": name, "create_model_kwargs": kwargs,
-                                               "data_config": {"crop_pct": 1.0, "crop_mode": "squash"}}))
-    rng = np.random.default_rng(0)
-    rows = ["image,mask,label,kind"]
-    for i in range(3):
-        Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(tmp / f"im{i}.png")
-        mask = np.zeros((64, 64), "uint8")
-        mask[8 * i:8 * i + 24, 16:40] = 255
-        Image.fromarray(mask).save(tmp / f"m{i}.png")
-        rows.append(f"im{i}.png,m{i}.png,{i},single")
-    (tmp / "manifest.csv").write_text("\n".join(rows) + "\n")
+    write_checkpoint(tmp)
+    write_manifest(tmp, 3)
     out = tmp / "run"
     assert main(["bench", "--weights", str(tmp / "tiny.safetensors"), "--dataset", "manifest", "--root",
                  str(tmp / "manifest.csv"), "--methods", "grad-cam,rollout", "--n-steps", "4", "--no-progress",
