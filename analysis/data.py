@@ -54,6 +54,8 @@ class Sample:
     labels: tuple[int, ...] | None = None
     objects: tuple[int, ...] | None = None
     masks_by_label: tuple[tuple[int, Path], ...] | None = None
+    # dataset-specific fields a metric may read, e.g. the synthetic scenes' instance map and object list
+    extra: tuple[tuple[str, str], ...] = ()
 
     def correct(self, predicted: int, target: str = "predicted") -> bool:
         """Whether ``predicted`` counts as correct. Several objects: the explained object's class must be the

@@ -257,7 +257,7 @@ def score_sample(model, methods: Mapping[str, Method], todo: Sequence[str], samp
         from analysis.metrics.suite import score_extras
 
         ctx = Context(model, loaded.image, cls, mask, ignore, methods, rebuild, sample.name, seed, memory_budget_gb,
-                      batch_size, sample.label)
+                      batch_size, sample.label, source=sample)
         with autocast():
             rows = score_extras(ctx, extras, attributions, base, seconds, note)
         yield from rows

@@ -31,6 +31,8 @@ def sample_digest(sample) -> str:
     fields = {"label": sample.label, "labels": list(sample.labels) if sample.labels else None,
               "mask_format": sample.mask_format, "mask_class": sample.mask_class,
               "image": file_digest(sample.image), "mask": file_digest(sample.mask) if sample.mask else None}
+    if getattr(sample, "extra", ()):  # dataset-specific inputs of metrics (files by content)
+        fields["extra"] = {k: file_digest(v) if Path(v).is_file() else v for k, v in sample.extra}
     h.update(json.dumps(fields, sort_keys=True).encode())
     return h.hexdigest()[:16]
 

@@ -93,6 +93,17 @@ def write(out: Path, n: int = 1000, n_pairs: int = 200, seed: int = 0, size: int
     return info
 
 
+def _with_instances(samples: list, manifest: Path) -> list:
+    """Each sample with its instance map and object list (``Sample.extra``), for the look-alike metric."""
+    import csv
+    import dataclasses
+
+    with open(manifest, newline="") as f:
+        rows = {Path(r["image"]).stem: r for r in csv.DictReader(f)}
+    return [dataclasses.replace(s, extra=(("instances", str(manifest.parent / rows[s.name]["instances"])),
+                                          ("objects", rows[s.name]["objects"]))) for s in samples]
+
+
 def load(root, split=None, *, name: str):
     """The ``single`` (default) or ``pairs`` rows of a folder written by :func:`write`."""
     from analysis.datasets import Dataset
@@ -109,7 +120,7 @@ def load(root, split=None, *, name: str):
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{name}: {str(info_path)!r} is not the info.json of the generator (a JSON object with "
                          f"'class_names'): {err!r}") from None
-    samples = load_manifest(manifest, kind=split)
+    samples = _with_instances(load_manifest(manifest, kind=split), manifest)
     return Dataset(name, samples, len(class_names), True, "pairs" if split == "pair" else split,
                    class_names=class_names)
 

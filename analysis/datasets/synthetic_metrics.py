@@ -96,6 +96,27 @@ def _score_rank(ctx: Context, names, maps) -> list[dict]:
     return [{"gt_rank": rank_accuracy(m[0], ctx.mask, ctx.ignore)} for m in maps]
 
 
+def _score_lookalike(ctx: Context, names, maps) -> list[dict]:
+    """Mass on the look-alikes of the explained class and on all distractors (None outside the synthetic scenes)."""
+    extra = dict(getattr(ctx.source, "extra", ()) or ())
+    if "instances" not in extra:
+        return [{"gt_lookalike": None, "gt_distractor": None} for _ in maps]
+    inst = np.asarray(Image.open(extra["instances"]))
+    if inst.shape != tuple(ctx.image.shape[-2:]):
+        raise ValueError(f"{extra['instances']}: instance map {inst.shape} but model input "
+                         f"{tuple(ctx.image.shape[-2:])}; score at the generator's size")
+    look, dis = (torch.from_numpy(r) for r in lookalike_region(inst, extra["objects"], ctx.target))
+    return [{"gt_lookalike": relevance_mass(m[0], look) if look.any() else None,
+             "gt_distractor": relevance_mass(m[0], dis) if dis.any() else None} for m in maps]
+
+
+def lookalike_metric() -> Metric:
+    return Metric("gt-lookalike", {"gt_lookalike": "Look-alike mass ↓", "gt_distractor": "Distractor mass ↓"},
+                  lower_is_better=frozenset({"gt_lookalike", "gt_distractor"}), score=_score_lookalike,
+                  settings={"map": "bilinear to pixels, positive part", "region": "distractors sharing two of the "
+                            "explained class's three features; all distractors"})
+
+
 def mass_metric() -> Metric:
     return Metric("gt-mass", {"gt_mass": "Mass ↑"}, needs_mask=True, score=_score_mass,
                   settings={"map": "bilinear to pixels, positive part", "paper": "Arras et al. 2022"})

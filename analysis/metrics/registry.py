@@ -32,6 +32,7 @@ _BUILTINS: dict[str, str] = {
     "mprt": "analysis.metrics.mprt:metric",
     "gt-mass": "analysis.datasets.synthetic_metrics:mass_metric",  # relevance mass on the object mask (Arras 2022)
     "gt-rank": "analysis.datasets.synthetic_metrics:rank_metric",  # relevance rank accuracy on the object mask
+    "gt-lookalike": "analysis.datasets.synthetic_metrics:lookalike_metric",  # mass on look-alike distractors
 }
 _USER: dict[str, Callable[..., "Metric"]] = {}
 
@@ -54,6 +55,7 @@ class Context:
     memory_budget_gb: float = 1.0
     batch_size: int | None = None
     label: int | None = None  # the dataset's label (Chefer's perturbation accuracy)
+    source: Any = None  # the analysis.data.Sample (its ``extra`` fields: e.g. the synthetic scenes' instances)
 
 
 Score = Callable[[Context, Sequence[str], Sequence[Float[Tensor, "1 h w"]]], list[dict]]

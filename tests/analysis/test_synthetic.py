@@ -221,7 +221,7 @@ def test_ground_truth_metrics_run_in_caap_bench(tmp_path):
     from analysis.cli import main
     from analysis.data import load_sample
     from analysis.datasets import get_dataset
-    from analysis.datasets.synthetic_metrics import relevance_mass
+    from analysis.datasets.synthetic_metrics import lookalike_region, relevance_mass
     from vit_lens import HookedViT
 
     from analysis.datasets.synthetic import write
@@ -239,3 +239,13 @@ def test_ground_truth_metrics_run_in_caap_bench(tmp_path):
     loaded = load_sample(model, sample)
     gae = caap.get_method("gae", model).attribute(loaded.image, rows[0]["target"])
     assert abs(rows[0]["gt_mass"] - relevance_mass(gae[0], loaded.mask, loaded.ignore)) < 1e-6
+    # look-alike mass through the registry equals lookalike_region + relevance_mass on the instance map
+    assert main(["bench", "--weights", str(weights), "--dataset", "synthetic", "--root", str(tmp_path / "data"),
+                 "--methods", "gae", "--metrics", "deletion,insertion,aupr,pointing-game,gt-mass,gt-rank,gt-lookalike",
+                 "--n-steps", "2", "--no-progress", "--out", str(out)]) == 0
+    look_rows = {r["sample"]: r for r in map(json.loads, (out / "metrics-gt-lookalike.jsonl").read_text().splitlines())}
+    extra = dict(sample.extra)
+    look, dis = lookalike_region(np.asarray(Image.open(extra["instances"])), extra["objects"], rows[0]["target"])
+    expected = relevance_mass(gae[0], torch.from_numpy(dis))
+    assert abs(look_rows[sample.name]["gt_distractor"] - expected) < 1e-6
+    assert (look_rows[sample.name]["gt_lookalike"] is None) == (not look.any())
