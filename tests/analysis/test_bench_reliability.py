@@ -231,8 +231,11 @@ def test_sigint_is_one_line_and_exit_130(setup, tmp_path):
     out = tmp_path / "run"
     argv = bench_args(setup, out, root=data / "manifest.csv", methods="rise")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # a shell that starts jobs in the background (CI) ignores SIGINT for them, and Python keeps an ignored SIGINT:
+    # give the child the default disposition a terminal gives, so it sees Ctrl-C as a user's run would
     proc = subprocess.Popen([str(BIN / "caap"), *argv], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     results = out / "results.jsonl"
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline and not (results.exists() and results.read_text().strip()):
