@@ -78,12 +78,14 @@ def parse_objects(objects: str) -> list[tuple[str, int]]:
 
 
 def lookalike_region(instances: np.ndarray, objects: str, target: int) -> tuple[np.ndarray, np.ndarray]:
-    """(look-alikes of ``target``, all distractors) as boolean pixel masks of the instance map."""
+    """(look-alikes of ``target``, all distractors) as boolean pixel masks of the instance map. A ``target`` that
+    is no causal class (the ``none`` output) has no look-alikes: an empty first mask."""
     look, dis = np.zeros(instances.shape, bool), np.zeros(instances.shape, bool)
+    causal_class = 0 <= target < LOOKALIKE.shape[1]
     for k, (role, combo) in enumerate(parse_objects(objects)):
         if role == "distractor":
             dis |= instances == k + 1
-            if LOOKALIKE[combo, target]:
+            if causal_class and LOOKALIKE[combo, target]:
                 look |= instances == k + 1
     return look, dis
 

@@ -249,3 +249,16 @@ def test_ground_truth_metrics_run_in_caap_bench(tmp_path):
     expected = relevance_mass(gae[0], torch.from_numpy(dis))
     assert abs(look_rows[sample.name]["gt_distractor"] - expected) < 1e-6
     assert (look_rows[sample.name]["gt_lookalike"] is None) == (not look.any())
+
+
+def test_lookalike_region_of_the_none_class_is_empty():
+    """Explaining the `none` output (an image the model thinks has no causal object) has no look-alikes; the
+    distractor region is unchanged (it crashed caap bench with an IndexError before)."""
+    from analysis.datasets.synthetic_metrics import lookalike_region
+    from analysis.datasets.synthetic_scenes import LOOKALIKE
+
+    instances = np.array([[1, 2], [0, 2]])
+    objects = "causal:circle-solid-red;distractor:circle-solid-green"
+    n_classes = LOOKALIKE.shape[1]
+    look, dis = lookalike_region(instances, objects, n_classes)  # the `none` output's index
+    assert not look.any() and dis.tolist() == [[False, True], [False, True]]
