@@ -243,17 +243,11 @@ class Loaded(NamedTuple):
 
 
 def to_rgb(image: Image.Image, path: Path) -> Image.Image:
-    """8-bit RGB as ``model.transform`` expects. 16-bit greyscale (PIL modes ``I;16*``, and ``I`` holding values in
-    0..65535, as ``caap explain`` reads it) is scaled by 65535: PIL's ``convert`` would clip every value above 255 to
-    white. Other 32-bit integer or float pixels have no defined full scale and are refused."""
-    if image.mode.startswith("I") or image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        if image.mode != "F" and values.size and values.min() >= 0 and values.max() <= 65535:
-            return Image.fromarray(np.round(values / 65535.0 * 255).astype(np.uint8), "L").convert("RGB")
-        raise ValueError(f"image {str(path)!r} has {'float' if image.mode == 'F' else '32-bit integer'} pixels "
-                         f"(values {values.min():g}..{values.max():g}) with no defined full scale; save it as an 8- "
-                         f"or 16-bit PNG")
-    return image.convert("RGB")
+    """8-bit RGB as ``model.transform`` expects, read as ``caap explain`` reads it (:func:`caap.images.to_8bit`:
+    16-bit greyscale scaled by 65535, wider integer or float pixels refused naming ``path``)."""
+    from caap.images import to_8bit
+
+    return to_8bit(image, path).convert("RGB")
 
 
 def load_sample(model, sample: Sample) -> Loaded:

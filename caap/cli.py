@@ -18,7 +18,6 @@ from caap.cli_models import (DEFAULT_MODEL, HUB_PROBE_TIMEOUT_S, UsageError, che
                              weights_in_cache)
 
 BLANKS = ("white", "black", "mean", "noisy", "blur_noisy")
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 # ------------------------------------------------------------------------------------------ arguments
@@ -59,8 +58,9 @@ def read_image(path: Path):
     RGBA when the file has transparency (see :func:`flatten_alpha`). 32-bit integer pixels (a TIFF with
     more than 16 bits per sample, or any value outside 0..65535) are refused like 32-bit float ones: they
     have no defined full scale, and stretching by the image's own range would change what the model sees."""
-    import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from caap.images import to_8bit
 
     if not path.exists():
         raise UsageError(f"image not found: {str(path)!r}")
@@ -73,17 +73,10 @@ def read_image(path: Path):
             image = ImageOps.exif_transpose(opened)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UsageError(f"cannot read image {str(path)!r}: {err}") from None
-    if image.mode == "I":
-        values = np.asarray(image)
-        if max(np.atleast_1d(bits or 16)) > 16 or values.min() < 0 or values.max() > 65535:
-            raise UsageError(f"cannot read image {str(path)!r}: 32-bit integer pixels (values {values.min()}.."
-                             f"{values.max()}) have no defined full scale; save it as an 8- or 16-bit PNG")
-    if image.mode in SIXTEEN_BIT_MODES:  # 16-bit greyscale PNG/TIFF ('I' is how PIL widens it)
-        values = np.asarray(image, dtype=np.float64) / 65535.0
-        image = Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8), "L")
-    elif image.mode == "F":
-        raise UsageError(f"cannot read image {str(path)!r}: 32-bit float pixels have no defined range; save "
-                         f"it as an 8- or 16-bit PNG")
+    try:
+        image = to_8bit(image, path, bits)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     return image.convert("RGBA" if has_alpha else "RGB")
 
