@@ -243,14 +243,19 @@ def check_out(out: Path) -> None:
             return
 
 
+def check_minimums(*checks: tuple[str, int | None, int]) -> None:
+    """Each ``(flag, value, lowest allowed)``: an integer option below its bound is one UserError (None = unset)."""
+    for flag, value, low in checks:
+        if value is not None and value < low:
+            raise UserError(f"{flag} must be an integer >= {low}; got {value}")
+
+
 def check_numbers(args) -> None:
     """The numeric options, checked before anything is loaded or written."""
     import math
 
-    for flag, value, low in (("--n", args.n, 1), ("--seed", args.seed, 0), ("--n-steps", args.n_steps, 1),
-                             ("--pixels-per-step", args.pixels_per_step, 1), ("--batch-size", args.batch_size, 1)):
-        if value is not None and value < low:
-            raise UserError(f"{flag} must be an integer >= {low}; got {value}")
+    check_minimums(("--n", args.n, 1), ("--seed", args.seed, 0), ("--n-steps", args.n_steps, 1),
+                   ("--pixels-per-step", args.pixels_per_step, 1), ("--batch-size", args.batch_size, 1))
     budget = args.memory_budget_gb
     if not (math.isfinite(budget) and budget > 0):
         raise UserError(f"--memory-budget-gb must be a finite number > 0; got {budget}")

@@ -78,12 +78,10 @@ def run(args) -> int:
     matplotlib.use("Agg")
     if args.figure not in FIGURES:
         raise ValueError(f"figure must be one of {FIGURES}; got {args.figure!r}")
-    from analysis.bench import check_out
+    from analysis.bench import check_minimums, check_out
 
-    for flag, value, low in (("--n", args.n, 1), ("--seed", args.seed, 0), ("--n-steps", args.n_steps, 1),
-                             ("--batch-size", getattr(args, "batch_size", None), 1)):
-        if value is not None and value < low:
-            raise ValueError(f"{flag} must be an integer >= {low}; got {value}")
+    check_minimums(("--n", args.n, 1), ("--seed", args.seed, 0), ("--n-steps", args.n_steps, 1),
+                   ("--batch-size", getattr(args, "batch_size", None), 1))
     check_out(args.out)
     if getattr(args, "results", None) is not None and not args.results.is_dir():
         raise ValueError(f"--results {args.results}: not a directory (a `caap bench --out` folder)")

@@ -43,6 +43,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _check(args) -> None:
+    from caap.cli import check_parent_writable
     from caap.cli_models import UsageError
 
     given = [f for f, v in (("--model", args.model), ("--weights", args.weights), ("--hf", args.hf)) if v]
@@ -64,13 +65,7 @@ def _check(args) -> None:
     out = args.out
     if str(out).endswith(("/", os.sep)) or out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a directory; give the HTML file to write, e.g. view.html")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a directory")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise UsageError(f"--out {str(out)!r}: directory {str(parent)!r} is not writable")
-            break
+    check_parent_writable(str(out), out)
 
 
 def run(args) -> int:

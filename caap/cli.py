@@ -120,14 +120,19 @@ def output_path(out: str | None, image: Path) -> Path:
     if path.suffix.lower() not in supported_suffixes():
         raise UsageError(f"--out {out!r}: cannot write {path.suffix!r} files; use one of "
                          f"{', '.join(supported_suffixes())}")
+    check_parent_writable(out, path)
+    return path
+
+
+def check_parent_writable(out: str, path: Path) -> None:
+    """The nearest existing parent of ``path`` (given as ``--out out``) must be a writable directory."""
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise UsageError(f"--out {out!r}: {str(parent)!r} is a file, not a directory")
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise UsageError(f"--out {out!r}: directory {str(parent)!r} is not writable")
-            break
-    return path
+            return
 
 
 def class_names(model) -> list[str]:
