@@ -45,16 +45,17 @@ def check_methods(spec: str) -> list[str]:
     return names
 
 
-def _settings(args, model, figure: str, extra: dict, samples=None) -> dict:
+def _settings(args, model, figure: str, extra: dict, digests: dict[str, str] | None = None) -> dict:
     """What the figure's rows depend on; files by content (analysis.provenance), so another folder with the same
-    file names, or a checkpoint rewritten in place, is another run."""
-    from analysis.provenance import combined_digest, file_digest, hf_weights_digest, sample_digests
+    file names, or a checkpoint rewritten in place, is another run. ``digests``: the images' content digests
+    (:func:`analysis.provenance.sample_digests`), when the figure reads a dataset subset."""
+    from analysis.provenance import combined_digest, file_digest, hf_weights_digest
 
     weights = str(args.weights.resolve()) if args.weights is not None else None
     return {"figure": figure, "model": model.cfg.model_name or args.model, "weights": weights,
             "weights_sha256": file_digest(args.weights) if args.weights is not None else hf_weights_digest(args.hf),
             "dataset": args.dataset, "split": args.split, "n": args.n,
-            "dataset_fingerprint": combined_digest(sample_digests(samples)) if samples is not None else None,
+            "dataset_fingerprint": combined_digest(digests) if digests is not None else None,
             "seed": args.seed, "n_steps": args.n_steps, "target": args.target, "only_correct": args.only_correct,
             **extra}
 
@@ -89,7 +90,9 @@ def _evaluate_variants(args, model, figure: str, methods: dict, extra: dict) -> 
     from analysis.evaluate import evaluate, summarize
 
     samples = _samples(args)
-    _check_run(args.out, figure, _settings(args, model, figure, extra, samples))
+    from analysis.provenance import sample_digests
+
+    _check_run(args.out, figure, _settings(args, model, figure, extra, sample_digests(samples)))
     rows = evaluate(model, methods, samples, args.out / f"{figure}.jsonl", target=args.target,
                     only_correct=args.only_correct, n_steps=args.n_steps, progress=not args.no_progress)
     names = {s.name for s in samples}
@@ -240,17 +243,16 @@ def _check_bench_run(results: Path, expected: dict, digests: dict[str, str]) -> 
     return run
 
 
-def _bench_curves(results: Path, methods: list[str], samples, expected: dict) -> dict:
-    """Curves stored by ``caap bench`` rows (``row["curves"]``) for ``methods`` and ``samples``, from a run whose
-    settings equal ``expected`` (see :func:`_check_bench_run`)."""
+def _bench_curves(results: Path, methods: list[str], digests: dict[str, str], expected: dict) -> dict:
+    """Curves stored by ``caap bench`` rows (``row["curves"]``) for ``methods`` and the samples of ``digests``
+    (name -> content digest), from a run whose settings equal ``expected`` (see :func:`_check_bench_run`)."""
     from analysis.results import RESULT_GLOB, read_foreign
-    from analysis.provenance import sample_digests
 
     paths = sorted(results.glob(RESULT_GLOB))
     if not paths:
         return {}
-    _check_bench_run(results, expected, sample_digests(samples))
-    names = {s.name for s in samples}
+    _check_bench_run(results, expected, digests)
+    names = set(digests)
     found: dict[str, dict[str, dict]] = {}
     for path in paths:
         for r in read_foreign(path):
@@ -266,19 +268,20 @@ def curves(args, model) -> int:
     from analysis.figures import plot_curves
     from caap import get_method
 
-    from analysis.provenance import file_digest, hf_weights_digest
+    from analysis.provenance import sample_digests
 
     methods = check_methods(args.methods)
     samples = _samples(args)
     names = {s.name for s in samples}
-    expected = {"model": model.cfg.model_name or args.model,
-                "weights_sha256": file_digest(args.weights) if args.weights is not None else hf_weights_digest(args.hf),
-                "dataset": args.dataset, "protocol": {"target": args.target, "only_correct": args.only_correct,
-                                                      "pixels_per_step": None, "n_steps": args.n_steps}}
-    reused = _bench_curves(args.results or args.out, methods, samples, expected)
+    digests = sample_digests(samples)  # every image read once: for the bench rows' check and this figure's run.json
+    settings = _settings(args, model, "curves", {}, digests)
+    expected = {"model": settings["model"], "weights_sha256": settings["weights_sha256"], "dataset": args.dataset,
+                "protocol": {"target": args.target, "only_correct": args.only_correct, "pixels_per_step": None,
+                             "n_steps": args.n_steps}}
+    reused = _bench_curves(args.results or args.out, methods, digests, expected)
     missing = [m for m in methods if m not in reused]
     if missing:
-        _check_run(args.out, "curves", _settings(args, model, "curves", {}, samples))
+        _check_run(args.out, "curves", settings)
         built = {m: get_method(m, model).attribute for m in missing}
         rows = evaluate(model, built, samples, args.out / "curves.jsonl", target=args.target,
                         only_correct=args.only_correct, n_steps=args.n_steps, curves=True,
