@@ -30,6 +30,7 @@ _BUILTINS: dict[str, str] = {
     "infidelity": "analysis.metrics.captum_metrics:infidelity_metric",
     "max-sensitivity": "analysis.metrics.captum_metrics:sensitivity_metric",
     "mprt": "analysis.metrics.mprt:metric",
+    "road": "analysis.metrics.road:metric",
     "gt-mass": "analysis.datasets.synthetic_metrics:mass_metric",  # relevance mass on the object mask (Arras 2022)
     "gt-rank": "analysis.datasets.synthetic_metrics:rank_metric",  # relevance rank accuracy on the object mask
     "gt-lookalike": "analysis.datasets.synthetic_metrics:lookalike_metric",  # mass on look-alike distractors
