@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-FIGURES = ("grouping", "layers", "blanks", "selection", "curves", "gallery")
+FIGURES = ("grouping", "layers", "blanks", "selection", "curves", "gallery", "sanity")
 DEFAULT_METHODS = "caap,e-caap,grad-cam"
 
 
@@ -68,6 +68,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--results", type=Path, help="a `caap bench --out` directory to reuse (default: --out)")
     gal = sub.add_parser("gallery", help="image, mask outline and every method's map")
     _common(gal)
+    from analysis.figure_sanity import add_arguments as sanity_arguments
+
+    sanity_arguments(sub.add_parser("sanity", help="Adebayo et al. 2018: map similarity vs randomized block, and a "
+                                                   "gallery under cascading randomization"), _common)
     return p
 
 
@@ -89,6 +93,10 @@ def run(args) -> int:
 
     if args.figure in ("curves", "gallery"):
         runs.check_methods(args.methods)  # fail before loading the model
+    if args.figure == "sanity":
+        from analysis.figure_sanity import run as sanity
+
+        return sanity(args)
     model = runs.load_model(args)
     if args.figure == "grouping":
         return runs.grouping(args, model)
