@@ -1,7 +1,8 @@
 """Per-image cost of each CAAP engine and of Grad-CAM, as multiples of one timm forward.
 
 ViT-B/16 at 224 px, random weights, one image, default CAAP (3x3 box, blocks 0..8, white blank),
-all measured in one run. Targets: parallel <= 6, efficient <= parallel, loop / parallel >= 30.
+all measured in one run. Targets: parallel <= 4 (the source is read only up to block 8 and its q/k/v there
+are reused, issue 23), efficient <= parallel, loop / parallel >= 30.
 """
 import statistics
 import sys

@@ -172,9 +172,12 @@ class CAAP:
                                  exact_prefix_attention=self.engine == "atp-star")
                 maps.append(model.layout.to_grid(scores))
                 continue
+            # the parallel engines read the source up to the last patched block, and reuse its q/k/v there
+            source = cache_context(model, batch) if self.engine == "loop" else \
+                cache_context(model, batch, with_queries=True, up_to=self.layers[1])
             scores = run_patching(model, None, None, self.interventions, readout=readout, engine=self.engine,
                                   chunk_size=self.chunk_size, memory_budget_gb=self.memory_budget_gb,
-                                  source_cache=cache_context(model, batch), target_cache=blank,
+                                  source_cache=source, target_cache=blank,
                                   frozen_attention=self.frozen_attention)
             maps.append(model.layout.to_grid(scores))
         return torch.cat(maps)

@@ -67,3 +67,18 @@ def test_refusals(model):
         CAAP(model, engine="atp", frozen_attention=object())
     with pytest.raises(ValueError, match="pooling='avg'"):
         CAAP(make_hooked("vit_avg"), engine="atp")
+
+
+@pytest.mark.parametrize("engine", ["atp", "atp-star"])
+def test_runs_under_inference_mode(model, engine):
+    """A caller under torch.inference_mode() (benchmarks, serving code) gets the same map: the readout's
+    class index is then an inference tensor, copied before it enters the backward's graph."""
+    from caap.blanks import clear_cache
+
+    images = random_images(model, 2, seed=8).double()
+    caap = CAAP(model, engine=engine, layers=(0, 1), progress=False)
+    expected = caap.attribute(images, target=torch.tensor([1, 4]))
+    clear_cache(model)  # the blank's cached class gradients would hide the backward
+    with torch.inference_mode():
+        maps = caap.attribute(images, target=torch.tensor([1, 4]))
+    assert torch.allclose(maps, expected, rtol=1e-12, atol=1e-15)

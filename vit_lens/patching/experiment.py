@@ -66,8 +66,9 @@ def run_patching(
             model.check_images(images, name)
             if images.shape[0] == 0:
                 raise ValueError(f"{name} is an empty batch (shape {tuple(images.shape)}); pass at least one image")
-    if source_cache is None:
-        source_cache = cache_context(model, source_images)
+    if source_cache is None:  # the parallel engines read a source only up to its last patched block
+        source_cache = cache_context(model, source_images) if engine == "loop" or not interventions else \
+            cache_context(model, source_images, with_queries=True, up_to=max(iv.layer_end for iv in interventions))
     if target_cache is None:
         target_cache = cache_context(model, target_images, with_queries=engine == "efficient")
     if target_cache.batch not in (1, source_cache.batch):

@@ -30,6 +30,9 @@ def run_loop(
     to the source run for ``layer_start <= b <= layer_end``; prefix tokens are always recomputed.
     ``chunk_size`` interventions (times the source batch) share one forward."""
     cfg = model.cfg
+    if source.n_blocks != cfg.n_layers or target.n_blocks != cfg.n_layers:
+        raise ValueError(f"the loop engine reads every block of both caches ({cfg.n_layers}); got {source.n_blocks} "
+                         f"source and {target.n_blocks} target blocks (build them without cache_context's up_to)")
     n_images, n_pos, device = source.batch, cfg.n_tokens, source.resid_pre.device
     packed = pack_positions(interventions, device=device)
     starts = torch.tensor([iv.layer_start for iv in interventions], device=device)

@@ -93,6 +93,11 @@ def run_parallel(
     if target.batch not in (1, source.batch):
         raise ValueError(f"target batch must be 1 or the source batch {source.batch}; got {target.batch}")
     frozen_attention = frozen_attention or ExactFrozenAttention()
+    last_end = max(iv.layer_end for iv in interventions) if interventions else 0
+    if source.n_blocks <= last_end or target.n_blocks != cfg.n_layers:
+        raise ValueError(f"the source cache must hold blocks 0..{last_end} (the last patched block) and the target "
+                         f"cache all {cfg.n_layers}; got {source.n_blocks} and {target.n_blocks} "
+                         f"(cache_context(..., up_to=...))")
     device = source.resid_pre.device
     scores = None
     jobs = []
@@ -101,7 +106,7 @@ def run_parallel(
         size = chunk_size or groups_per_chunk(cfg, source.batch, packed.positions.shape[1], memory_budget_gb, hooked)
         jobs += [(start, end, index[lo:lo + size], packed.chunk(lo, lo + size)) for lo in range(0, len(index), size)]
     for start, end, index, packed in tqdm(jobs, disable=not progress, desc="patching (parallel)"):
-        values = readout(_run_groups(model, source, target, packed, start, end, frozen_attention))
+        values = readout(_run_groups(model, source, target, packed, start, end, frozen_attention, hooked))
         if scores is None:  # readouts may return trailing dims, e.g. the whole output vector
             scores = values.new_empty(source.batch, len(interventions), *values.shape[2:])
         scores[:, index] = values
@@ -109,9 +114,15 @@ def run_parallel(
 
 
 def _run_groups(model, source: ContextCache, target: ContextCache, packed: PackedPositions,
-                layer_start: int, layer_end: int, frozen_attention: FrozenAttention) -> Float[Tensor, "batch group n_out"]:
+                layer_start: int, layer_end: int, frozen_attention: FrozenAttention,
+                hooked: bool = True) -> Float[Tensor, "batch group n_out"]:
     """Propagate the live tokens of a chunk of groups from ``layer_start`` to the output, through the
-    same hook points as ``TransformerBlock.forward``."""
+    same hook points as ``TransformerBlock.forward``.
+
+    At ``layer_end`` the ``S_k`` tokens enter with the source's state, so their queries, keys and values
+    there are the source run's: when the source cache holds queries and no hook is registered they are
+    gathered instead of recomputed (every group would otherwise recompute them for its own copy of each
+    token: 9 x 196 tokens for a 3x3 box on ViT-B/16)."""
     cfg = model.cfg
     n_pre, n_tokens = cfg.n_prefix_tokens, cfg.n_tokens
     n_images, n_groups = source.batch, packed.positions.shape[0]
@@ -136,10 +147,14 @@ def _run_groups(model, source: ContextCache, target: ContextCache, packed: Packe
             state = torch.cat([state, _gather(source.resid_pre[b], positions)], dim=2)
         live_set = b >= layer_end
         query_pos = torch.cat([prefix_pos, positions], 1) if live_set else prefix_pos  # [group, query]
+        reuse = b == layer_end and not hooked and source.q is not None  # S_k's q/k/v: the source run's
         with live(query_pos):
-            q, k, v = block.attn.compute_qkv(block.ln1(flat(state)))
+            q, k, v = block.attn.compute_qkv(block.ln1(flat(state[:, :, :n_pre] if reuse else state)))
             q, k, v = (rearrange(hook(t), "(i g) q h d -> i g q h d", i=n_images)
                        for hook, t in ((block.attn.hook_q, q), (block.attn.hook_k, k), (block.attn.hook_v, v)))
+        if reuse:
+            q, k, v = (torch.cat([t, _gather(cached[b], positions)], dim=2)
+                       for t, cached in ((q, source.q), (k, source.k), (v, source.v)))
         if not live_set:  # S_k keys/values come from the source run at this block
             k = torch.cat([k, _gather(source.k[b], positions)], dim=2)
             v = torch.cat([v, _gather(source.v[b], positions)], dim=2)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -62,5 +63,8 @@ class ClassScore:
         n_out = output.shape[-1]
         if int(self.target.min()) < 0 or int(self.target.max()) >= n_out:
             raise ValueError(f"target classes must be in [0, {n_out}); got {self.target.tolist()}")
-        index = self.target.to(output.device).view(-1, 1).expand(-1, output.shape[1])
+        index = self.target.to(output.device)
+        if index.is_inference() and not torch.is_inference_mode_enabled():  # built under inference_mode, read
+            index = index.clone()  # in a graph (attribution patching): a normal copy may be saved for backward
+        index = index.view(-1, 1).expand(-1, output.shape[1])
         return class_score(output, index, self.kind)

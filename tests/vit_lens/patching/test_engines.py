@@ -177,3 +177,37 @@ def test_bad_engine_and_target_batch_are_refused():
         run_patching(model, random_images(model, 1), random_images(model, 1), iv, engine="fast")
     with pytest.raises(ValueError, match="batch 1 or 3"):
         run_patching(model, random_images(model, 3), random_images(model, 2), iv)
+
+
+@pytest.mark.parametrize("family", ["vit", "dinov2_reg"])
+def test_source_read_up_to_last_patched_block_and_qkv_reused(family):
+    """The parallel engine reads a source only up to its last patched block and gathers the source's q/k/v at
+    ``layer_end`` (no hook registered): in float64 it equals recomputing them (a full cache without queries)
+    and the loop engine, and the truncated cache really stops there."""
+    model = make_hooked(family).double()
+    L = model.cfg.n_layers
+    interventions = random_interventions(model, 12, seed=5, layer_ranges=[(0, 0), (0, L - 2), (L - 2, L - 2)])
+    source = random_images(model, 2, seed=6).double()
+    target = cache_context(model, random_images(model, 1, seed=7).double())
+    last = max(iv.layer_end for iv in interventions)
+    short = cache_context(model, source, with_queries=True, up_to=last)
+    assert short.n_blocks == last + 1 < L and short.q.shape[0] == last + 1
+    full = cache_context(model, source)
+    assert torch.equal(short.resid_pre, full.resid_pre[:last + 1]) and torch.equal(short.k, full.k[:last + 1])
+    readout = ClassScore(torch.tensor([1, 2]))
+    kw = dict(readout=readout, target_cache=target, engine="parallel")
+    reused = run_patching(model, None, None, interventions, source_cache=short, **kw)
+    recomputed = run_patching(model, None, None, interventions, source_cache=full, **kw)
+    loop = run_patching(model, None, None, interventions, source_cache=full, readout=readout, target_cache=target,
+                        engine="loop")
+    assert loop.std() > 1e-3
+    assert (reused - recomputed).abs().max() <= 1e-10 * recomputed.abs().max()
+    assert (reused - loop).abs().max() <= 1e-10 * loop.abs().max()
+    too_short = cache_context(model, source, up_to=last - 1)
+    with pytest.raises(ValueError, match=r"source cache must hold blocks 0\.\.%d" % last):
+        run_patching(model, None, None, interventions, source_cache=too_short, **kw)
+    with pytest.raises(ValueError, match="loop engine reads every block"):
+        run_patching(model, None, None, interventions, source_cache=short, readout=readout, target_cache=target,
+                     engine="loop")
+    with pytest.raises(ValueError, match="up_to must be None or a block index"):
+        cache_context(model, source, up_to=L)
