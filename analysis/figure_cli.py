@@ -1,4 +1,4 @@
-"""``caap figure {grouping,layers,blanks,selection,curves,gallery}``: the paper's figures as PNG plus the numbers
+"""``caap figure {grouping,layers,blanks,selection,curves,gallery,sanity}``: the paper's figures as PNG plus the numbers
 behind them (CSV / JSON) in ``--out DIR``, with the model and dataset options of ``caap bench``.
 
 * ``grouping`` (Fig. 6): intra-object, inter-object and object-to-background attention per block (Eq. 5,
@@ -10,6 +10,7 @@ behind them (CSV / JSON) in ``--out DIR``, with the model and dataset options of
 * ``curves`` (Figs. 8-9): mean deletion and insertion curves per method, read from ``caap bench`` rows
   (``DIR/results*.jsonl`` in ``--results``, default ``--out``) where they exist, computed otherwise.
 * ``gallery``: image, mask outline and every ``--methods`` map side by side.
+* ``sanity``: Adebayo et al.'s model-randomisation check, per block and as a gallery (:mod:`analysis.figure_sanity`).
 
 Files: ``DIR/<figure>.png``, ``DIR/<figure>.csv`` and/or ``.json``, metric rows in ``DIR/<figure>.jsonl``
 (resumable; a run with other settings is refused, see ``DIR/<figure>.run.json``).
