@@ -68,6 +68,36 @@ def test_readme_torchrun_command_with_n_through_the_console_scripts(setup, tmp_p
     assert (multi / "table.md").read_text() == (single / "table.md").read_text()
 
 
+def test_torchrun_with_suite_metrics_resumes_only_the_missing_metric(setup, tmp_path):
+    """Real torchrun (2 gloo ranks, the console scripts) with ``--metrics``: per-rank suite files, the same table as
+    one process; adding a metric to the finished run computes only its rows (the other files are untouched)."""
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    metrics = "deletion,avg-drop,random-logit"
+    assert main(bench_args(setup, single, "--n", "3", "--metrics", metrics + ",segmentation")) == 0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    def launch(metric_names):
+        cmd = [str(BIN / "torchrun"), "--no-python", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(port), "--", "caap", *bench_args(setup, multi, "--n", "3", "--metrics",
+                                                                      metric_names)]
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    launch(metrics)
+    files = sorted(p.name for p in multi.glob("*.jsonl"))
+    assert files == sorted(f"{stem}.rank{r}.jsonl" for stem in ("results", "metrics-avg-drop", "metrics-random-logit")
+                           for r in (0, 1))
+    before = {name: (multi / name).read_bytes() for name in files}
+    launch(metrics + ",segmentation")
+    assert {name: (multi / name).read_bytes() for name in files} == before  # nothing recomputed
+    seg = [json.loads(line) for r in (0, 1) for line in (multi / f"metrics-segmentation.rank{r}.jsonl").open()]
+    assert len(seg) == 3 * 2  # 3 images x 2 methods, split over the ranks
+    assert (multi / "table.md").read_text() == (single / "table.md").read_text()
+
+
 def torchrun_options() -> set[str]:
     from torch.distributed.run import get_args_parser
 
