@@ -46,7 +46,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
     p.add_argument("--root", type=Path, required=True, help="dataset root (manifest: the CSV or its folder)")
     p.add_argument("--split", help="dataset split (default per dataset; manifest: the 'kind' filter, e.g. single)")
-    p.add_argument("--methods", required=True, help="comma-separated registry names (caap.list_methods())")
+    p.add_argument("--methods", required=True, help="comma-separated registry names (caap.list_methods()), each "
+                                                    "optionally with options NAME:KEY=VALUE[:KEY=VALUE...], e.g. "
+                                                    "caap:score=prob:radius=0")
     p.add_argument("--n", type=int, help="seeded random subset of N images (the paper: 500)")
     p.add_argument("--seed", type=int, default=0)
     steps = p.add_mutually_exclusive_group()
@@ -82,15 +84,24 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _methods(spec: str) -> list[str]:
-    from caap import list_methods
+    """The canonical method specs of ``--methods`` (names and option keys checked; ``caap.registry``)."""
+    from caap.registry import check_method_specs
 
-    names = [m.strip() for m in spec.split(",") if m.strip()]
-    valid = list_methods()
-    unknown = [m for m in names if m not in valid]
-    if not names or unknown:
-        raise UserError(f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; "
-                        f"registered: {', '.join(valid)}")
-    return list(dict.fromkeys(names))
+    try:
+        return check_method_specs(spec, "--methods")
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def _build(methods: list[str], model) -> dict:
+    """Each method built once on ``model`` (its option values checked by its constructor), before anything is
+    written; a bad value is one UserError naming the spec and the option."""
+    from caap.registry import get_method_spec
+
+    try:
+        return {name: get_method_spec(name, model).attribute for name in methods}
+    except ValueError as err:
+        raise UserError(f"--methods: {err}") from None
 
 
 def _metrics(args) -> dict:
@@ -194,18 +205,18 @@ def _short(value, limit: int = 120) -> str:
 
 
 def _score(args, model, methods, samples, protocol, out, rank, world_size, device, suite=None,
-           paper: bool = True) -> None:
+           paper: bool = True, built: dict | None = None) -> None:
     """This rank's share of the images, appended row by row to its own results file (resumable); each
     ``suite`` metric's rows to its own ``metrics-<name>`` file, so only missing (image, method, metric)
-    rows are computed."""
+    rows are computed. ``built``: the methods' attribute functions (:func:`_build`; built here when None)."""
     import torch
     from tqdm.auto import tqdm
 
     from analysis.evaluate import score_sample
-    from caap import get_method
+    from caap.registry import get_method_spec
 
     suite = suite or {}
-    built = {name: get_method(name, model).attribute for name in methods}
+    built = built if built is not None else _build(methods, model)
     tag = "" if world_size == 1 else f".rank{rank}"
     own = out / f"results{tag}.jsonl"
     done = done_pairs(out, own) if paper else {(s.name, m) for s in samples for m in methods}
@@ -226,7 +237,7 @@ def _score(args, model, methods, samples, protocol, out, rank, world_size, devic
             for row in score_sample(model, built, todo, sample, protocol, curves=not args.no_curves,
                                     memory_budget_gb=args.memory_budget_gb, autocast=autocast,
                                     batch_size=args.batch_size, pair_mask=args.pair_mask, extras=extras,
-                                    rebuild=lambda name, m: get_method(name, m).attribute, seed=args.seed):
+                                    rebuild=lambda name, m: get_method_spec(name, m).attribute, seed=args.seed):
                 target = files[row["metric"]] if "metric" in row else f
                 target.write(json.dumps(row) + "\n")
                 target.flush()
@@ -306,6 +317,7 @@ def run(args) -> int:
         raise UserError(f"{args.dataset} has label {max(s.label for s in samples)} but the model only "
                         f"{n_out} classes")
     out = args.out
+    built = _build(methods, model)  # option values checked before run.json is written
     settings = _settings(args, model, methods, protocol, device, sample_digests(samples), metrics)
     error = None
     if rank == 0:
@@ -322,7 +334,7 @@ def run(args) -> int:
     if error:
         raise UserError(error)
     if not args.table_only:
-        _score(args, model, methods, samples, protocol, out, rank, world_size, device, suite, paper)
+        _score(args, model, methods, samples, protocol, out, rank, world_size, device, suite, paper, built)
     distributed.barrier()
     status = 0
     if rank == 0:

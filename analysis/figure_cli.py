@@ -36,7 +36,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, help="seeded random subset of N images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-steps", type=int, help="curve points - 1 (default: one image width of pixels per step)")
-    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"registry names for curves/gallery ({DEFAULT_METHODS})")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"registry names for curves/gallery/sanity, each "
+                                                             f"optionally NAME:KEY=VALUE[:...] ({DEFAULT_METHODS})")
     p.add_argument("--target", choices=("predicted", "label"), default="predicted")
     p.add_argument("--only-correct", action="store_true", help="skip images the model misclassifies")
     p.add_argument("--out", type=Path, required=True)

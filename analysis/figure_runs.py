@@ -35,14 +35,17 @@ def _samples(args, split=None):
 
 
 def check_methods(spec: str) -> list[str]:
-    from caap import list_methods
+    """The canonical method specs of ``--methods`` (``NAME[:KEY=VALUE...]``; names and option keys checked)."""
+    from caap.registry import check_method_specs
 
-    names = list(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))
-    unknown = [m for m in names if m not in list_methods()]
-    if not names or unknown:
-        raise ValueError(f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; registered: "
-                         f"{', '.join(list_methods())}")
-    return names
+    return check_method_specs(spec, "--methods")
+
+
+def build_methods(methods: list[str], model) -> dict:
+    """Each method spec built on ``model`` (option values checked: one ValueError naming the spec)."""
+    from caap.registry import get_method_spec
+
+    return {m: get_method_spec(m, model) for m in methods}
 
 
 def _settings(args, model, figure: str, extra: dict, digests: dict[str, str] | None = None) -> dict:
@@ -266,7 +269,6 @@ def curves(args, model) -> int:
 
     from analysis.evaluate import evaluate
     from analysis.figures import plot_curves
-    from caap import get_method
 
     from analysis.provenance import sample_digests
 
@@ -281,8 +283,8 @@ def curves(args, model) -> int:
     reused = _bench_curves(args.results or args.out, methods, digests, expected)
     missing = [m for m in methods if m not in reused]
     if missing:
+        built = {m: method.attribute for m, method in build_methods(missing, model).items()}  # before writing
         _check_run(args.out, "curves", settings)
-        built = {m: get_method(m, model).attribute for m in missing}
         rows = evaluate(model, built, samples, args.out / "curves.jsonl", target=args.target,
                         only_correct=args.only_correct, n_steps=args.n_steps, curves=True,
                         progress=not args.no_progress)
@@ -317,14 +319,13 @@ def gallery(args, model) -> int:
 
     from analysis.figures import plot_gallery
     from analysis.sweeps import load_pair
-    from caap import get_method
     from caap.plot import to_display
 
     methods = check_methods(args.methods)
     samples = _samples(args)
     if args.n is None:
         samples = samples[:4]
-    built = {m: get_method(m, model) for m in methods}
+    built = build_methods(methods, model)
     names = model.cfg.class_names or [str(i) for i in range(model.cfg.num_classes)]
     images, masks, maps, titles, record = [], [], {m: [] for m in methods}, [], []
     for s in samples:

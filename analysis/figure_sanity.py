@@ -89,20 +89,20 @@ def _compute(args, model, methods: list[str], samples, settings: dict, metric) -
     from tqdm.auto import tqdm
 
     from analysis.evaluate import Protocol, read_rows, score_sample
-    from analysis.figure_runs import _check_run
-    from caap import get_method
+    from analysis.figure_runs import _check_run, build_methods
+    from caap.registry import get_method_spec
 
+    built = {m: method.attribute for m, method in build_methods(methods, model).items()}  # before writing
     _check_run(args.out, "sanity", settings)
     path = args.out / "sanity.jsonl"
     rows = [r for r in read_rows(path) if r.get("metric") == "mprt"]
     done = {(r["sample"], r["method"]) for r in rows}
     todo = [(s, m) for s in samples for m in methods if (s.name, m) not in done]
     protocol = Protocol(args.target, args.only_correct, None, args.n_steps)
-    built = {m: get_method(m, model).attribute for m in methods}
     with open(path, "a") as f:
         for sample, m in tqdm(todo, desc=f"mprt ({args.mprt})", unit="map", disable=args.no_progress):
             for row in score_sample(model, built, [], sample, protocol, extras=[(metric, [m])], seed=args.seed,
-                                    rebuild=lambda name, net: get_method(name, net).attribute):
+                                    rebuild=lambda name, net: get_method_spec(name, net).attribute):
                 f.write(json.dumps(row) + "\n")
                 f.flush()
                 rows.append(row)

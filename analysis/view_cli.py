@@ -24,7 +24,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, help="local timm checkpoint (.safetensors/.pth) with its JSON sidecar")
     p.add_argument("--hf", metavar="NAME_OR_DIR", help="HuggingFace transformers classifier: hub name or a "
                                                        "save_pretrained directory")
-    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"registry names (default {DEFAULT_METHODS})")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"registry names, each optionally NAME:KEY=VALUE[:...] "
+                                                             f"(default {DEFAULT_METHODS})")
     p.add_argument("--classes", type=int, default=5, help="maps for the top-K predicted classes (default 5)")
     p.add_argument("--results", type=Path, help="a `caap bench --out` folder: per image every method's curves and "
                                                 "metrics, images ordered/filtered by a metric")
@@ -75,19 +76,19 @@ def run(args) -> int:
     from caap.cli_models import UsageError, load_checked_model
 
     _check(args)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     blanks = [b.strip() for b in args.sweep_blanks.split(",") if b.strip()]
     unknown = [b for b in blanks if b not in BLANKS]
     if not blanks or unknown:
         raise UsageError(f"--sweep-blanks: unknown blank(s) {', '.join(unknown) or '(none given)'}; "
                          f"allowed: {', '.join(BLANKS)}")
+    methods = []
     if args.images:
-        from caap import list_methods
+        from caap.registry import check_method_specs
 
-        bad = [m for m in methods if m not in list_methods()]
-        if not methods or bad:
-            raise UsageError(f"--methods: unknown method(s) {', '.join(bad) or '(none given)'}; registered: "
-                             f"{', '.join(list_methods())}")
+        try:
+            methods = check_method_specs(args.methods, "--methods")  # canonical specs, before the model loads
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     pictures = [read_image(p) for p in args.images]  # unreadable files fail before the model loads
     model = None
     if args.images:
@@ -95,6 +96,13 @@ def run(args) -> int:
                                                       device=args.device))
         if args.sweep_ends and any(not 0 <= e < model.cfg.n_layers for e in args.sweep_ends):
             raise UsageError(f"--sweep-ends must be blocks in 0..{model.cfg.n_layers - 1}; got {args.sweep_ends}")
+        from caap.registry import get_method_spec
+
+        for m in methods:  # option values checked once before any map is computed
+            try:
+                get_method_spec(m, model)
+            except ValueError as err:
+                raise UsageError(f"--methods: {err}") from None
     page = View(model, pictures or None, methods=methods, classes=args.classes,
                 names=[p.name for p in args.images] or None, results=args.results, sweep=not args.no_sweep,
                 sweep_ends=args.sweep_ends, sweep_blanks=blanks, attention=not args.no_attention,

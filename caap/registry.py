@@ -5,6 +5,8 @@ registry never pulls in a method's dependencies before it is asked for. Every me
 ``.attribute(images, target=None) -> Float[Tensor, "batch grid_h grid_w"]`` (target None = the
 predicted class, an int, or one class per image). Add your own with :func:`register`.
 :func:`method_settings` gives the settings a method runs with, as JSON (``caap bench`` records them).
+A method *spec* ``NAME[:KEY=VALUE...]`` (``"caap:score=prob:radius=0"``, issue 24) is a registered name with
+options, as ``--methods`` takes it; its canonical spelling (options sorted by key) names it in rows and tables.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import inspect
 import math
 import numbers
 import os
+import re
 from typing import Any, Callable
 
 import torch
@@ -53,6 +56,9 @@ def register(name: str, factory: Callable[..., Any], **defaults: Any) -> None:
     """Register ``factory(model, **options)`` under ``name`` (refuses to shadow an existing name)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string; got {name!r}")
+    if any(c in name for c in ":,") or name != name.strip():
+        raise ValueError(f"name must not contain ':' or ',' (method spec separators) nor surrounding spaces; "
+                         f"got {name!r}")
     if name in _BUILTINS or name in _USER:
         raise ValueError(f"a method named {name!r} is already registered; pick another name")
     if not callable(factory):
@@ -76,9 +82,133 @@ def _factory(name: str) -> tuple[Callable[..., Any], dict[str, Any]]:
 
 
 def get_method(name: str, model, **options: Any):
-    """Build the method ``name`` for ``model``; ``options`` override the registered defaults."""
+    """Build the method ``name`` (a registered name or a spec ``NAME:KEY=VALUE...``) for ``model``; the spec's
+    options, then ``options``, override the registered defaults."""
+    name, options = _with_spec_options(name, options)
     factory, defaults = _factory(name)
     return factory(model, **{**defaults, **options})
+
+
+def _with_spec_options(name, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    if not isinstance(name, str) or ":" not in name:
+        return name, options
+    base, spec_options = parse_method_spec(name)
+    return base, {**spec_options, **options}
+
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_INT = re.compile(r"[+-]?[0-9]+\Z")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
+SPEC_GRAMMAR = "NAME[:KEY=VALUE[:KEY=VALUE...]] (VALUE: true/false, none, an int, a float or a word; no ',' or ':')"
+
+
+def parse_option_value(text: str) -> Any:
+    """One spec VALUE: ``true``/``false`` -> bool, an int literal -> int, a float literal -> float (finite),
+    ``none`` -> None, anything else -> the str (the words case-insensitive)."""
+    word = text.lower()
+    if word in ("true", "false"):
+        return word == "true"
+    if word == "none":
+        return None
+    if _INT.match(text):
+        return int(text)
+    if _FLOAT.match(text):
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"option value {text!r} is not a finite number")
+        return value
+    return text
+
+
+def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"NAME[:KEY=VALUE...]"`` -> ``(NAME, {KEY: value})`` (values: :func:`parse_option_value`). Checks the
+    grammar only; :func:`check_method_spec` also checks the name and the keys."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"method spec must be a non-empty string {SPEC_GRAMMAR}; got {spec!r}")
+    if "," in spec:
+        raise ValueError(f"method spec {spec!r} contains ','; specs are separated by commas, so one holds none")
+    name, *parts = (part.strip() for part in spec.split(":"))
+    if not name:
+        raise ValueError(f"method spec {spec!r} has no method name; expected {SPEC_GRAMMAR}")
+    options: dict[str, Any] = {}
+    for part in parts:
+        key, eq, text = (x.strip() for x in part.partition("="))
+        if not eq or not _KEY.match(key) or not text:
+            raise ValueError(f"method spec {spec!r}: {part!r} is not KEY=VALUE (KEY an identifier, VALUE "
+                             f"non-empty); expected {SPEC_GRAMMAR}")
+        if key in options:
+            raise ValueError(f"method spec {spec!r}: option {key!r} is given twice")
+        try:
+            options[key] = parse_option_value(text)
+        except ValueError as err:
+            raise ValueError(f"method spec {spec!r}: option {key}: {err}") from None
+    return name, options
+
+
+def _format_value(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return {None: "none", True: "true", False: "false"}[value]
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def canonical_spec(spec: str) -> str:
+    """The one spelling of ``spec``: options sorted by key, values as parsed (``caap:radius=0:blank=mean`` ->
+    ``caap:blank=mean:radius=0``; ``eps=1e-3`` -> ``eps=0.001``); a plain name is itself."""
+    name, options = parse_method_spec(spec)
+    return ":".join([name, *(f"{key}={_format_value(options[key])}" for key in sorted(options))])
+
+
+def check_method_spec(spec: str) -> str:
+    """``spec``'s canonical spelling, after checking its grammar, its method name and that the method takes each
+    option (the factory's signature; no model needed). Values are checked when the method is built
+    (:func:`get_method_spec`). One-line ValueError naming the spec otherwise."""
+    name, options = parse_method_spec(spec)
+    if name not in _USER and name not in _BUILTINS:
+        raise ValueError(f"unknown method {name!r}" + (f" in {spec!r}" if options else "")
+                         + f"; registered methods: {', '.join(list_methods())}")
+    try:
+        method_settings(name, **options)
+    except ValueError as err:
+        raise ValueError(f"method spec {spec!r}: {err}") from None
+    return canonical_spec(spec)
+
+
+def check_method_specs(specs: str | list[str], what: str = "methods") -> list[str]:
+    """Comma-separated specs (or a list) -> their canonical spellings, each checked (:func:`check_method_spec`);
+    two spellings of one method (``caap:a=1:b=2``, ``caap:b=2:a=1``) or none at all are refused. ``what`` names
+    the argument in the one-line ValueError (``"--methods"``)."""
+    items = [s.strip() if isinstance(s, str) else s for s in (specs.split(",") if isinstance(specs, str) else specs)]
+    items = [s for s in items if s != ""]
+    try:
+        names = [parse_method_spec(spec)[0] for spec in items]
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from None
+    unknown = list(dict.fromkeys(n for n in names if n not in _USER and n not in _BUILTINS))
+    if not items or unknown:
+        raise ValueError(f"{what}: unknown method(s) {', '.join(unknown) or '(none given)'}; registered: "
+                         f"{', '.join(list_methods())}; with options: NAME:KEY=VALUE[:KEY=VALUE...]")
+    seen: dict[str, str] = {}
+    for spec in items:
+        try:
+            canonical = check_method_spec(spec)
+        except ValueError as err:
+            raise ValueError(f"{what}: {err}") from None
+        if canonical in seen:
+            raise ValueError(f"{what}: {seen[canonical]!r} and {spec!r} are the same method ({canonical!r}); "
+                             f"list it once")
+        seen[canonical] = spec
+    return list(seen)
+
+
+def get_method_spec(spec: str, model, **options: Any):
+    """Build the method spec ``spec`` (``"caap:radius=0"``) for ``model`` as :func:`get_method` does, with
+    every error of the spec's name, options or values as one ValueError naming the spec (a constructor's
+    TypeError, e.g. an unexpected keyword argument, included). Cost: the method's constructor."""
+    check_method_spec(spec)
+    try:
+        return get_method(spec, model, **options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"method spec {spec!r}: " + " ".join(str(err).splitlines())) from err
 
 
 def method_settings(name: str, **options: Any) -> dict[str, Any]:
@@ -88,7 +218,9 @@ def method_settings(name: str, **options: Any) -> dict[str, Any]:
     e.g. "L // 2", depends on the model, which is not needed here). Options a factory with ``**kwargs``
     accepts beyond its signature are included. Values JSON cannot hold are summarized as short strings
     (:func:`summarize_setting`). Raises ValueError for an option the factory does not take or a parameter
-    without a value, as ``get_method`` would (before any model is built)."""
+    without a value, as ``get_method`` would (before any model is built). ``name`` may be a spec
+    (``"caap:radius=0"``): its options count as given."""
+    name, options = _with_spec_options(name, options)
     factory, defaults = _factory(name)
     given = {**defaults, **options}
     try:

@@ -24,16 +24,17 @@ __all__ = ["View", "view", "DEFAULT_METHODS", "BLANKS", "SWEEP_METHODS"]
 
 
 def _methods(methods) -> list[str]:
-    from caap import list_methods
+    """Canonical method specs (``NAME[:KEY=VALUE...]``, :func:`caap.registry.check_method_specs`)."""
+    from caap.registry import check_method_specs, list_methods
 
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
-    names = list(dict.fromkeys(methods or []))
-    unknown = [m for m in names if m not in list_methods()]
+    names = list(methods or [])
+    unknown = [m for m in names if not isinstance(m, str) or m.split(":")[0].strip() not in list_methods()]
     if not names or unknown:
         raise ValueError(f"methods: unknown method(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
                          f"registered: {', '.join(list_methods())}")
-    return names
+    return check_method_specs(names, "methods")
 
 
 def _inputs(model, images, names) -> list[tuple[str, torch.Tensor]]:
