@@ -78,3 +78,14 @@ def write_manifest(folder, n: int, seed: int = 0, size: int = 64, n_classes: int
         rows.append(f"im{i}.png,m{i}.png,{i % n_classes},single")
     (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
     return folder / "manifest.csv"
+
+
+def one_line_error(code, capsys, *needles) -> str:
+    """A CLI refusal as the project promises it: exit status 2 and one stderr line (no traceback) holding each of
+    ``needles``; returns the line."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err

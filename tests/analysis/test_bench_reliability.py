@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from analysis.cli import build_parser, main
-from tests.conftest import write_checkpoint, write_manifest
+from tests.conftest import one_line_error, write_checkpoint, write_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -35,15 +35,6 @@ def bench_args(setup, out, *extra, root=None, methods="grad-cam,rollout"):
     return ["bench", "--weights", str(setup / "tiny.safetensors"), "--dataset", "manifest", "--root",
             str(root or setup / "data" / "manifest.csv"), "--methods", methods, "--n-steps", "4", "--no-progress",
             "--out", str(out), *extra]
-
-
-def one_line_error(code, capsys, *needles):
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 # ------------------------------------------------------------------------------------------ torchrun

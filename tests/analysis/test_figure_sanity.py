@@ -16,7 +16,7 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 from analysis.cli import main
-from tests.conftest import write_checkpoint, write_manifest
+from tests.conftest import one_line_error, write_checkpoint, write_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -159,14 +159,6 @@ def test_without_results_computes_the_metric(setup, figures):
             got = [spearmanr(maps[r["method"]][0].ravel(), maps[r["method"]][k].ravel()).statistic
                    for k in (1, 2, 3)]
             assert got == pytest.approx(r["mprt_blocks"]["spearman"], abs=1e-9), r["method"]
-
-
-def one_line_error(code, capsys, *needles):
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
 
 
 def test_refuses_other_runs_and_bad_input(setup, tmp_path, capsys):
