@@ -15,10 +15,11 @@ copies of the model (the method's own cost each), plus one model copy per method
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import ConstantInputWarning, spearmanr
 
 from analysis.metrics.random_logit import similarity
 from analysis.metrics.registry import Context, Metric
@@ -52,7 +53,9 @@ def block_similarities(ctx: Context, name: str, original, mode: str = "cascading
         saved = None if mode == "cascading" else copy.deepcopy(model.blocks[layer].state_dict())
         randomize_block(model, layer, ctx.seed)
         m = ctx.rebuild(name, model)(ctx.image, target).float()[0].detach().cpu().numpy().ravel()
-        rho = spearmanr(ref, m).statistic
+        with warnings.catch_warnings():  # scipy warns on a constant map; its NaN is handled just below
+            warnings.simplefilter("ignore", ConstantInputWarning)
+            rho = spearmanr(ref, m).statistic
         out["block"].append(layer)
         out["spearman"].append(float(np.nan_to_num(rho)))  # a constant map has no ranks: 0 correlation
         out["ssim"].append(similarity(ref, m))

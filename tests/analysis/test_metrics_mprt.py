@@ -30,3 +30,23 @@ def test_mprt_separates_weight_blind_maps_and_keeps_the_model():
     assert independent["spearman"][0] == rows[1]["mprt_blocks"]["spearman"][0]
     with pytest.raises(ValueError, match="mprt mode must be one of"):
         get_metric("mprt", mode="bottom-up")
+
+
+def test_mprt_scores_a_constant_randomized_map_as_zero_correlation_without_a_warning():
+    """A map that goes flat once the weights are randomized (Grad-CAM's ReLU can zero it) has no ranks: Spearman
+    is undefined, recorded as 0 (decorrelated), and scipy's ConstantInputWarning is not leaked to the user."""
+    import warnings
+
+    model = make_hooked("vit")
+    image = random_images(model, 1)
+    gh, gw = model.cfg.grid_size
+    original = torch.arange(gh * gw, dtype=torch.float32).view(1, gh, gw)
+
+    def rebuild(name, m):
+        return lambda x, t: torch.zeros(1, gh, gw)
+
+    ctx = Context(model, image, 1, None, None, rebuild=rebuild, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = get_metric("mprt").score(ctx, ["flat"], [original])
+    assert rows[0]["mprt_blocks"]["spearman"] == [0.0, 0.0, 0.0] and rows[0]["mprt"] == 0.0
