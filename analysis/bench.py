@@ -80,6 +80,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--common-images", action="store_true",
                    help="tabulate only the images every listed method has scored (a like-for-like comparison "
                         "when a run is incomplete)")
+    p.add_argument("--paired", metavar="METHOD",
+                   help="also write table_paired.md/csv: every other method's paper metrics minus METHOD's on the "
+                        "same images (mean ± SE of the per-image difference); METHOD must be one of --methods")
     return p
 
 
@@ -292,6 +295,18 @@ def run(args) -> int:
 
     paper = any(n in PAPER for n in metrics)
     suite = {n: m for n, m in metrics.items() if n not in PAPER}
+    if args.paired is not None:
+        from caap.registry import canonical_spec
+
+        try:
+            args.paired = canonical_spec(args.paired)
+        except ValueError as err:
+            raise UserError(f"--paired: {err}") from None
+        if args.paired not in methods:
+            raise UserError(f"--paired: {args.paired!r} is not one of --methods ({', '.join(methods)})")
+        if not paper:
+            raise UserError(f"--paired compares the paper's metrics ({', '.join(PAPER)}); --metrics "
+                            f"{args.metrics} has none")
     try:
         protocol = Protocol(args.target, args.only_correct, args.pixels_per_step, args.n_steps)
     except ValueError as err:
@@ -343,6 +358,10 @@ def run(args) -> int:
         table = write_tables(out, rows, [m for m in methods if m in settings["methods"]], settings,  # --methods order
                              common=args.common_images, suite=suite, suite_rows=suite_rows, paper=paper)
         print(table)
+        if args.paired:
+            from analysis.paired import write_paired
+
+            print("\n" + write_paired(out, rows, [m for m in methods if m in settings["methods"]], args.paired))
         print(f"wrote {out / 'table.md'}, {out / 'table.csv'} ({len(rows)} rows)" if not suite else
               f"wrote {out / 'table.md'}, {out / 'table_metrics.csv'} ({len(rows)} + {len(suite_rows)} rows)")
     distributed.finish()

@@ -84,6 +84,29 @@ def test_table_only_and_common_images(setup, tmp_path, capsys):
     assert "--table-only" in capsys.readouterr().err and not (tmp_path / "none").exists()
 
 
+def test_paired_differences_table(setup, tmp_path, capsys):
+    """--paired REF: each other method minus REF on the same images, mean ± SE of the per-image difference,
+    recomputed here from the rows; REF must be one of --methods and the run must have paper metrics, checked
+    before anything is written."""
+    out = tmp_path / "run"
+    assert main(args(setup, out, "--n", "4", "--seed", "1", "--paired", "caap")) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    by = {(r["method"], r["sample"]): r for r in rows}
+    samples = sorted({r["sample"] for r in rows})
+    for key, column in ((0, "deletion"), (3, "aupr1")):
+        d = np.array([100 * (by[("grad-cam", s)][column] - by[("caap", s)][column]) for s in samples])
+        cell = (out / "table_paired.md").read_text().splitlines()[2].split(" | ")[2 + key]
+        assert cell == f"{d.mean():+.2f} ± {d.std() / np.sqrt(len(d)):.2f}"
+    assert (out / "table_paired.md").read_text().splitlines()[2].startswith("| grad-cam | 4 |")
+    assert (out / "table_paired.csv").read_text().startswith("method,reference,n,deletion_diff_mean")
+    capsys.readouterr()
+    for extra, needle in ((["--paired", "gae"], "--paired: 'gae' is not one of --methods"),
+                          (["--paired", "caap", "--metrics", "segmentation"], "--paired compares the paper's")):
+        assert main(args(setup, tmp_path / "x", *extra)) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("change, message", [
     (["--methods", "caap,nope"], "unknown method(s) nope; registered: caap"),
     (["--dataset", "imagenet-x"], "unknown dataset 'imagenet-x'; available: imagenet-s50"),
