@@ -215,7 +215,8 @@ def plot_sanity_gallery(image, mask, maps: dict, columns: list[str], title: str 
         axes[r, 0].text(-0.06, 0.5, m, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center",
                         fontsize=9)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    height = size * len(rows)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / height))  # a fixed 0.35 in for the title, above the column titles
     return fig
 
 
