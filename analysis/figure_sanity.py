@@ -146,7 +146,7 @@ def plot_sanity(blocks: list[int], table: dict, mode: str, title: str = ""):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
     colors = plt.get_cmap("tab10" if len(table) <= 10 else "tab20")
     x = np.arange(len(blocks) + 1)
     for ax, sim, label in zip(axes, ("spearman", "ssim"), ("Spearman ρ", "SSIM")):
@@ -162,9 +162,10 @@ def plot_sanity(blocks: list[int], table: dict, mode: str, title: str = ""):
                                                else "independent: this block alone") + ")")
         ax.set_ylabel(f"{label} to the original map (mean ± SE)")
         ax.set_title(f"MPRT, {label}", fontsize=9)
-        ax.legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()  # one legend for both panels, outside the data
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.845, 0.5), fontsize=7, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
     return fig
 
 
