@@ -96,7 +96,7 @@ def check_csv(path: Path, table: dict) -> None:
 
 
 def check_pngs(out: Path, n_columns: int) -> None:
-    for name, size in (("sanity", (990, 360)), ("sanity_gallery", (CELL * n_columns, CELL * 2))):
+    for name, size in (("sanity", (1170, 360)), ("sanity_gallery", (CELL * n_columns, CELL * 2))):
         image = np.asarray(Image.open(out / f"{name}.png").convert("RGB"))
         assert (image.shape[1], image.shape[0]) == size and image.std() > 10, name  # the layout, not a blank
 
