@@ -355,13 +355,14 @@ def run(args) -> int:
     if rank == 0:
         rows = merge(out, names, settings["methods"]) if paper else []
         suite_rows = [r for n in suite for r in merge(out, names, settings["methods"], _suite_glob(n))]
-        table = write_tables(out, rows, [m for m in methods if m in settings["methods"]], settings,  # --methods order
-                             common=args.common_images, suite=suite, suite_rows=suite_rows, paper=paper)
+        listed = [m for m in methods if m in settings["methods"]]  # --methods order
+        table = write_tables(out, rows, listed, settings, common=args.common_images, suite=suite,
+                             suite_rows=suite_rows, paper=paper)
         print(table)
         if args.paired:
             from analysis.paired import write_paired
 
-            print("\n" + write_paired(out, rows, [m for m in methods if m in settings["methods"]], args.paired))
+            print("\n" + write_paired(out, rows, listed, args.paired))
         print(f"wrote {out / 'table.md'}, {out / 'table.csv'} ({len(rows)} rows)" if not suite else
               f"wrote {out / 'table.md'}, {out / 'table_metrics.csv'} ({len(rows)} + {len(suite_rows)} rows)")
     distributed.finish()

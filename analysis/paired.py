@@ -7,33 +7,28 @@ comparisons on the two-object composites are these numbers). Cost: none (rows al
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
+
+from analysis.metrics.suite import mean_se
 
 # (row key, column header) of the paper's metrics, × 100 as the paper table
 COLUMNS = (("deletion", "Del"), ("insertion", "Ins"), ("ins_del", "Ins−Del"), ("aupr1", "AUPR₁"),
            ("aupr0", "AUPR₀"), ("pointing_game", "PG"))
 
 
-def paired_differences(rows: list[dict], methods: list[str], reference: str) -> dict[str, dict[str, tuple]]:
-    """``{method: {key: (mean, se, n)}}`` of ``100 · (method − reference)`` per image, over the images where both
-    have a scored (not skipped) row; methods sharing no image with ``reference`` are left out."""
+def paired_differences(rows: list[dict], methods: list[str], reference: str) -> dict[str, tuple[int, dict]]:
+    """``{method: (n, {key: (mean, se)})}`` of ``100 · (method − reference)`` per image, over the n images where
+    both have a scored (not skipped) row; methods sharing no image with ``reference`` are left out."""
     scored = {(r["method"], r["sample"]): r for r in rows if not r.get("skipped")}
     ref_rows = [r for (m, _), r in scored.items() if m == reference]
     keys = [k for k, _ in COLUMNS if ref_rows and all(r.get(k) is not None for r in ref_rows)]  # --metrics subset
     out = {}
     for method in methods:
-        if method == reference:
-            continue
         samples = [s for (m, s) in scored if m == method and (reference, s) in scored]
-        if not samples:
+        if method == reference or not samples:
             continue
-        out[method] = {}
-        for key in keys:
-            d = [100 * (scored[(method, s)][key] - scored[(reference, s)][key]) for s in samples]
-            mean = sum(d) / len(d)
-            sd = math.sqrt(sum((x - mean) ** 2 for x in d) / len(d))
-            out[method][key] = (mean, sd / math.sqrt(len(d)), len(d))
+        out[method] = (len(samples), {k: mean_se([100 * (scored[(method, s)][k] - scored[(reference, s)][k])
+                                                  for s in samples])[:2] for k in keys})
     return out
 
 
@@ -42,16 +37,14 @@ def write_paired(out: Path, rows: list[dict], methods: list[str], reference: str
     diffs = paired_differences(rows, methods, reference)
     if not diffs:
         raise ValueError(f"--paired {reference}: no other method shares a scored image with it in {out}")
-    keys = list(next(iter(diffs.values())))
+    keys = list(next(iter(diffs.values()))[1])
     header = dict(COLUMNS)
-    head = "| method − " + reference + " | n | " + " | ".join(header[k] for k in keys) + " |"
-    lines = [head, "|---|---|" + "---|" * len(keys)]
+    lines = ["| method − " + reference + " | n | " + " | ".join(header[k] for k in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
     csv = ["method,reference,n," + ",".join(f"{k}_diff_mean,{k}_diff_se" for k in keys)]
-    for method, cols in diffs.items():
-        n = next(iter(cols.values()))[2] if cols else 0
-        lines.append(f"| {method} | {n} | " + " | ".join(f"{m:+.2f} ± {se:.2f}" for m, se, _ in cols.values())
-                     + " |")
-        csv.append(f"{method},{reference},{n}," + ",".join(f"{m:.6g},{se:.6g}" for m, se, _ in cols.values()))
+    for method, (n, cols) in diffs.items():
+        lines.append(f"| {method} | {n} | " + " | ".join(f"{m:+.2f} ± {se:.2f}" for m, se in cols.values()) + " |")
+        csv.append(f"{method},{reference},{n}," + ",".join(f"{m:.6g},{se:.6g}" for m, se in cols.values()))
     md = "\n".join(lines) + (f"\n\npaired differences (method − {reference}) × 100 per image, mean ± SE "
                              f"(population SD / sqrt(n)) over the images both scored.")
     (out / "table_paired.md").write_text(md + "\n")
