@@ -36,7 +36,6 @@ import analysis.metrics.road as road
 from analysis.evaluate import Protocol, score_attribution
 from analysis.metrics.captum_metrics import INFIDELITY_SAMPLES, SENSITIVITY_SAMPLES
 from analysis.metrics.mprt import randomize_block
-from analysis.metrics.pixels import pixel_ranks
 from analysis.metrics.random_logit import image_seed, off_class
 from analysis.metrics.registry import Context, get_metric
 from caap import get_method
@@ -182,26 +181,25 @@ def suite(args, model, timm_model, x) -> None:
             continue
         spent = [0.0]
         solve = road.noisy_linear_imputation
+        solves: list[tuple] = []  # the metric's own imputation calls, recorded once, replayed as plain work
 
         def timed_solve(*a, **k):
+            if len(solves) < 2 * len(road.PERCENTAGES):
+                solves.append((a, k))
             start = time.perf_counter()
             out = solve(*a, **k)
             spent[0] += time.perf_counter() - start
             return out
 
-        pixels = x[0].double() * torch.tensor(model.cfg.std, dtype=torch.float64).view(-1, 1, 1) \
-            + torch.tensor(model.cfg.mean, dtype=torch.float64).view(-1, 1, 1)
-        ranks = pixel_ranks(attribution, (h, w), device="cpu")
-        keeps = [ranks >= int(h * w * p) for p in road.PERCENTAGES] + [ranks < int(h * w * p) for p in road.PERCENTAGES]
-
         def plain_with_imputation():  # the same 14 solves called directly, then the same forwards
-            for k, keep in enumerate(keeps):
-                solve(pixels, keep, road.NOISE, (0, k))
+            for a, k in solves:
+                solve(*a, **k)
             plain()
 
         road.noisy_linear_imputation = timed_solve
         try:
-            call(), plain(), plain_with_imputation()  # warm-up
+            call()  # warm-up, recording the solves
+            plain(), plain_with_imputation()
             tm, tp, ti, tq = [], [], [], []
             for _ in range(args.rounds):
                 spent[0] = 0.0
