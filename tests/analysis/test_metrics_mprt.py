@@ -50,3 +50,18 @@ def test_mprt_scores_a_constant_randomized_map_as_zero_correlation_without_a_war
         warnings.simplefilter("error")
         rows = get_metric("mprt").score(ctx, ["flat"], [original])
     assert rows[0]["mprt_blocks"]["spearman"] == [0.0, 0.0, 0.0] and rows[0]["mprt"] == 0.0
+
+
+def test_methods_scored_together_share_the_randomized_copy_without_changing_any_map():
+    """score() randomizes each block once per image for all its methods; every method's per-block numbers equal
+    block_similarities run for that method alone (a hook or state left behind by one method would show here)."""
+    model = make_hooked("vit")
+    image = random_images(model, 1)
+    names = ["caap", "grad-cam", "gae", "t-attr", "ixg+", "rollout"]
+    ctx = Context(model, image, 1, None, None, rebuild=lambda n, m: get_method(n, m).attribute, seed=3)
+    maps = [get_method(n, model).attribute(image, torch.tensor([1])) for n in names]
+    together = get_metric("mprt").score(ctx, names, maps)
+    for name, m, row in zip(names, maps, together):
+        alone = block_similarities(ctx, name, m)
+        assert row["mprt_blocks"] == alone, name
+    assert len({row["mprt"] for row in together}) > 2  # the methods differ: the comparison means something
